@@ -1,0 +1,283 @@
+"""Typed configs: dataclasses for data, model and training, YAML presets, ``--set`` overrides.
+
+A config is three sections plus a name::
+
+    name: vae-mnist
+    data:  {name: mnist5k, ...}          -> DataConfig
+    model: {name: vae, latent_dim: 16}   -> the registered model's own config dataclass
+    train: {epochs: 20, batch_size: 64}  -> TrainConfig
+
+Every key is checked against its dataclass: an unknown key or a wrong type raises ConfigError that
+lists the valid keys with their types, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are shaped (see ``vaelab datasets``)."""
+
+    name: str = "mnist5k"  # mnist5k | digits | folder:PATH | mnist | fashion-mnist | cifar10 | stl10 | celeba | lsun:CATEGORY
+    image_size: int | None = None  # None: the dataset's native size; otherwise resize + centre-crop
+    channels: int | None = None  # None: native; 1 = grayscale, 3 = RGB
+    root: str = "data"  # where torchvision datasets live (or are downloaded to with download: true)
+    download: bool = False  # nothing is downloaded unless this is true
+    labels_csv: str | None = None  # folder datasets: CSV of file name, then integer or 0/1 columns
+    strict: bool = False  # folder datasets: a corrupt file is an error instead of a counted warning
+    in_memory_limit_gb: float = 2.0  # datasets smaller than this (as uint8) are decoded once into a tensor
+    num_workers: int = 2  # DataLoader workers for datasets that stream from disk
+
+
+@dataclass
+class TrainConfig:
+    """The training loop's settings; the model's own losses and optimizers live in its config."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    seed: int = 0
+    precision: Precision = "fp32"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    log_every: int = 25  # steps between metrics.jsonl / TensorBoard rows
+    checkpoint_every_steps: int = 0  # 0: only at the end of epochs (see checkpoint_every_epochs)
+    checkpoint_every_epochs: int = 1
+    keep_checkpoints: int = 2
+    sample_every_epochs: int = 1
+    num_sample_images: int = 64
+    grad_clip_norm: float | None = None
+    max_steps: int | None = None  # stop after this many optimizer steps
+    time_budget: str | None = None  # stop cleanly after this much training time: 90s, 10m, 1.5h
+    eval_images: int = 1000  # test images for the per-epoch test ELBO (the final one uses up to 10,000)
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    name: str = "vae-mnist"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = None  # the model's config dataclass, chosen by model.name
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "data": dataclasses.asdict(self.data),
+            "model": dataclasses.asdict(self.model),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Type checking of plain values against dataclass field types
+# ---------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        args = typing.get_args(tp)
+        inner = _type_name(args[0]) if args else "any"
+        return f"list of {inner}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {_type_name(tp)}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a {_type_name(tp)}, got {value!r}")
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def fields_help(cls: type) -> str:
+    hints = typing.get_type_hints(cls)
+    return "\n".join(f"    {f.name}: {_type_name(hints[f.name])}" for f in dataclasses.fields(cls))
+
+
+def from_dict(cls: type, values: dict | None, section: str) -> Any:
+    """Build dataclass ``cls`` from ``values``, checking every key and type."""
+    values = dict(values or {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section}: expected a mapping of keys to values, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in '{section}': {', '.join(unknown)}.\nValid keys of '{section}' "
+            f"({cls.__name__}):\n{fields_help(cls)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------------
+# Presets, files and overrides
+# ---------------------------------------------------------------------------------------------------
+
+
+def preset_names() -> list[str]:
+    files = resources.files("vaelab.presets").iterdir()
+    return sorted(p.name[: -len(".yaml")] for p in files if p.name.endswith(".yaml"))
+
+
+def read_preset(name: str) -> dict:
+    names = preset_names()
+    if name not in names:
+        raise ConfigError(f"no preset named '{name}'. Available presets: {', '.join(names)} (see `vaelab presets`)")
+    text = resources.files("vaelab.presets").joinpath(f"{name}.yaml").read_text()
+    raw = yaml.safe_load(text) or {}
+    raw.setdefault("name", name)
+    return raw
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections data/model/train, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``3``, ``1e-4``, ``[1, 2]``, ``null``)."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set model.latent_dim=32")
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        if len(keys) == 1 and keys[0] in ("name", "description"):
+            raw[keys[0]] = str(value)
+            continue
+        if len(keys) != 2 or keys[0] not in ("data", "model", "train"):
+            raise ConfigError(
+                f"--set {item!r}: the key must be data.KEY, model.KEY, train.KEY or name "
+                f"(e.g. --set train.epochs=5)"
+            )
+        section = raw.setdefault(keys[0], {})
+        if section is None:
+            section = raw[keys[0]] = {}
+        section[keys[1]] = value
+    return raw
+
+
+def build_config(raw: dict) -> Config:
+    """Turn a raw mapping (preset, file, or run folder's config.yaml) into a checked Config."""
+    from .models.base import model_config_class
+
+    unknown = sorted(set(raw) - {"name", "description", "data", "model", "train"})
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s): {', '.join(unknown)}; valid: name, description, data, model, train")
+    model_raw = dict(raw.get("model") or {})
+    model_name = model_raw.get("name", "vae")
+    model_cls = model_config_class(model_name)
+    cfg = Config(
+        name=str(raw.get("name", "run")),
+        description=str(raw.get("description", "")),
+        data=from_dict(DataConfig, raw.get("data"), "data"),
+        model=from_dict(model_cls, model_raw, "model"),
+        train=from_dict(TrainConfig, raw.get("train"), "train"),
+    )
+    _check_positive(cfg)
+    return cfg
+
+
+def _check_positive(cfg: Config) -> None:
+    t = cfg.train
+    for key in ("epochs", "batch_size", "log_every", "keep_checkpoints", "eval_images"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
+    for key in ("checkpoint_every_steps", "checkpoint_every_epochs", "sample_every_epochs", "num_sample_images"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key} must be 0 (off) or positive, got {getattr(t, key)}")
+    d = cfg.data
+    if d.image_size is not None and d.image_size < 4:
+        raise ConfigError(f"data.image_size must be at least 4 pixels, got {d.image_size}")
+    if d.channels not in (None, 1, 3):
+        raise ConfigError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {d.channels}")
+
+
+def load_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
+    if preset and config_file:
+        raise ConfigError("give either --preset or --config, not both")
+    if config_file:
+        raw = read_config_file(config_file)
+    else:
+        raw = read_preset(preset or "vae-mnist")
+    return build_config(apply_overrides(raw, list(overrides)))

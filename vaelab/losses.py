@@ -1,0 +1,47 @@
+"""Loss terms shared by the models. Each returns one value per image, shape (B,), computed in float32.
+
+Reducing over the batch is left to the caller, so the same terms serve training (mean over the batch),
+the ELBO (per image) and the importance-weighted bound (per importance sample).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) = -1/2 sum(1 + log s^2 - mu^2 - s^2) over latent dims. (B, D) -> (B,)."""
+    mu, logvar = mu.float(), logvar.float()
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+
+
+def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log Bernoulli(x | sigmoid(logits)) summed over pixels (binary cross-entropy). (B, C, H, W) -> (B,)."""
+    bce = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")
+    return bce.flatten(1).sum(1)
+
+
+def gaussian_nll(mean: torch.Tensor, x: torch.Tensor, logvar: torch.Tensor | float) -> torch.Tensor:
+    """-log N(x | mean, exp(logvar)) summed over pixels, constants included. (B, C, H, W) -> (B,).
+
+    With a fixed variance s^2 this is sum((x - mean)^2) / (2 s^2) + const; s^2 = 1/2 gives the plain sum of
+    squared errors used by the WSS18 model.
+    """
+    logvar = torch.as_tensor(logvar, dtype=torch.float32, device=x.device)
+    sq = (x.float() - mean.float()).pow(2)
+    return 0.5 * (sq * torch.exp(-logvar) + logvar + LOG_2PI).flatten(1).sum(1)
+
+
+def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z | mu, exp(logvar)) summed over the last dim. (..., D) -> (...)."""
+    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+
+
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    """log N(z | 0, I) summed over the last dim. (..., D) -> (...)."""
+    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)

@@ -1,0 +1,179 @@
+"""The model contract and the registry.
+
+Every model is an ``nn.Module`` built from its config dataclass. All models have ``decode`` and ``sample``;
+models with an encoder add ``encode``, ``reconstruct``, ``elbo`` and ``log_likelihood``. Each model owns
+its losses and the order of its updates in ``training_step``; the trainer owns devices, precision,
+checkpoints and logs, and hands the model an ``UpdateContext`` whose ``update(loss, optimizer_name)``
+does backward, gradient sync across processes, clipping and the optimizer step.
+Images leave a model as float32 in [0, 1], NCHW.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..losses import kl_standard_normal, log_normal, log_standard_normal
+
+_REGISTRY: dict[str, type["GenerativeModel"]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a model buildable from configs whose ``model.name`` is ``name``."""
+
+    def wrap(cls):
+        cls.registry_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _ensure_models_imported() -> None:
+    from . import vae  # noqa: F401  (registration happens on import)
+
+
+def model_names() -> list[str]:
+    _ensure_models_imported()
+    return sorted(_REGISTRY)
+
+
+def model_class(name: str) -> type["GenerativeModel"]:
+    _ensure_models_imported()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model.name {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def model_config_class(name: str) -> type:
+    return model_class(name).config_class
+
+
+def build_model(config) -> "GenerativeModel":
+    return model_class(config.name)(config)
+
+
+class UpdateContext(Protocol):
+    """What the trainer gives ``training_step``."""
+
+    step: int
+
+    def update(self, loss: torch.Tensor, optimizer: str, terms: dict[str, torch.Tensor] | None = None) -> None:
+        """Backward ``loss``, sync gradients, clip, step optimizer ``optimizer``, zero its gradients."""
+
+
+class GenerativeModel(nn.Module):
+    config_class: type
+    registry_name: str = ""
+    has_encoder: bool = False
+    is_conditional: bool = False
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.config.channels, self.config.image_size, self.config.image_size)
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, ctx: UpdateContext) -> dict[str, torch.Tensor]:
+        """One training step on ``batch`` (``x``: (B, C, H, W) in [0, 1], ``y``: (B,) or None); returns detached losses."""
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def sample(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``n`` images from the prior: (n, C, H, W) in [0, 1]."""
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device="cpu").to(self.device)
+        return self.decode(z, y)
+
+    def extra_state(self) -> dict:
+        """Training state beyond parameters and optimizers (a controller, say), saved in checkpoints."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+
+class GaussianLatentModel(GenerativeModel):
+    """A model with a Gaussian encoder q(z|x) = N(mu, diag(exp(logvar))) and a N(0, I) prior.
+
+    Subclasses provide ``encode`` and ``decoder_output`` (the decoder's raw output) and ``nll``
+    (-log p(x|z) per image from that raw output); ELBO, reconstruction and the importance-weighted
+    bound follow from those three.
+    """
+
+    has_encoder = True
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> mu, logvar, each (B, latent_dim)."""
+        raise NotImplementedError
+
+    def decoder_output(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, latent_dim) -> raw decoder output (logits), (B, C, H, W)."""
+        raise NotImplementedError
+
+    def nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """-log p(x | z) per image from the decoder's raw output: (B,)."""
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sigmoid(self.decoder_output(z, y).float())
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+    @torch.inference_mode()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the posterior mean: (B, C, H, W) -> (B, C, H, W) in [0, 1]."""
+        mu, _ = self.encode(x, y)
+        return self.decode(mu, y)
+
+    def elbo_terms(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One-sample ELBO terms per image: ``nll`` = -log p(x|z), ``kl`` = KL(q(z|x) || p(z)), each (B,)."""
+        mu, logvar = self.encode(x, y)
+        z = self.reparameterize(mu, logvar)
+        return {"nll": self.nll(self.decoder_output(z, y), x), "kl": kl_standard_normal(mu, logvar)}
+
+    @torch.inference_mode()
+    def elbo(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """ELBO per image in nats (B,), with its ``nll`` and ``kl`` terms."""
+        terms = self.elbo_terms(x, y)
+        return {"elbo": -(terms["nll"] + terms["kl"]), **terms}
+
+    @torch.inference_mode()
+    def log_likelihood(self, x: torch.Tensor, k: int, y: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
+        """Importance-weighted estimate of log p(x) with ``k`` samples from q(z|x) (Burda et al. 2016, eq. 8).
+
+        log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log k. (B, C, H, W) -> (B,) nats.
+        Samples are drawn in chunks of at most ``chunk`` decoded images per pass.
+        """
+        mu, logvar = (t.float() for t in self.encode(x, y))
+        b = x.shape[0]
+        per_pass = max(1, chunk // b)
+        log_w = []
+        for start in range(0, k, per_pass):
+            m = min(per_pass, k - start)
+            eps = torch.randn(m, *mu.shape, device=mu.device)
+            z = mu + torch.exp(0.5 * logvar) * eps  # (m, B, D)
+            flat_z = z.reshape(m * b, -1)
+            x_rep = x.unsqueeze(0).expand(m, *x.shape).reshape(m * b, *x.shape[1:])
+            y_rep = None if y is None else y.unsqueeze(0).expand(m, b).reshape(-1)
+            log_px_z = -self.nll(self.decoder_output(flat_z, y_rep), x_rep).view(m, b)
+            log_w.append(log_px_z + log_standard_normal(z) - log_normal(z, mu, logvar))
+        return torch.logsumexp(torch.cat(log_w, 0), dim=0) - math.log(k)

@@ -1,0 +1,193 @@
+"""The run folder: everything a run made, and the only thing commands after ``train`` read.
+
+    runs/<name>/config.yaml        fully resolved config (enough to rebuild the model)
+    runs/<name>/model.safetensors  weights for inference
+    runs/<name>/checkpoints/       step-XXXXXXXX.pt training state for resume
+    runs/<name>/samples/           sample and reconstruction grids per epoch
+    runs/<name>/metrics.jsonl      losses per step and epoch; TensorBoard events beside it
+    runs/<name>/summary.json       final numbers (test ELBO, throughput, wall time)
+
+Every file is written to a temporary name in the same folder, flushed to disk, then renamed, so a crash
+leaves either the old file or the new one, never half of one. Loading never unpickles code: weights are
+safetensors and checkpoints are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import yaml
+
+from .errors import RunFolderError
+
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8,})\.pt$")
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``; the file is either old or complete, never partial."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.yaml")
+    weights_path = property(lambda self: self.path / "model.safetensors")
+    checkpoint_dir = property(lambda self: self.path / "checkpoints")
+    samples_dir = property(lambda self: self.path / "samples")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    summary_path = property(lambda self: self.path / "summary.json")
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def require(self) -> None:
+        if not self.path.is_dir():
+            raise RunFolderError(f"run folder not found: {self.path}. Train one with `vaelab train --out {self.path}`.")
+        if not self.config_path.is_file():
+            raise RunFolderError(f"{self.path} is not a vaelab run folder (no config.yaml in it)")
+
+    # config ------------------------------------------------------------------------------------------
+    def write_config(self, cfg) -> None:
+        data = cfg.to_dict()
+        data = {"vaelab_format": FORMAT_VERSION, **data}
+        atomic_write_text(self.config_path, yaml.safe_dump(data, sort_keys=False))
+
+    def read_config(self):
+        from .config import build_config
+
+        self.require()
+        try:
+            raw = yaml.safe_load(self.config_path.read_text())
+        except yaml.YAMLError as exc:
+            raise RunFolderError(f"{self.config_path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise RunFolderError(f"{self.config_path} is not a vaelab config")
+        version = raw.pop("vaelab_format", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise RunFolderError(
+                f"{self.path} was written by a newer vaelab (run format {version}, this one reads up to "
+                f"{FORMAT_VERSION}); upgrade vaelab to use it"
+            )
+        return build_config(raw)
+
+    # weights -----------------------------------------------------------------------------------------
+    def save_weights(self, model: torch.nn.Module) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        atomic_write(self.weights_path, lambda tmp: save_file(state, tmp, metadata={"model": model.registry_name}))
+
+    def load_weights(self) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(self.weights_path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise RunFolderError(f"{self.weights_path} is damaged or not a safetensors file ({exc})") from None
+
+    # checkpoints -------------------------------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint files, oldest first."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        found = [p for p in self.checkpoint_dir.iterdir() if CHECKPOINT_PATTERN.match(p.name)]
+        return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+    def save_checkpoint(self, state: dict, step: int, keep: int) -> Path:
+        path = self.checkpoint_dir / f"step-{step:08d}.pt"
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        for old in self.checkpoints()[:-keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self, path: Path | None = None) -> dict:
+        """The newest readable checkpoint (or ``path``); a damaged newest one falls back to the one before."""
+        candidates = [Path(path)] if path else list(reversed(self.checkpoints()))
+        if not candidates:
+            raise RunFolderError(f"no checkpoints in {self.checkpoint_dir}; nothing to resume")
+        errors = []
+        for candidate in candidates:
+            try:
+                return read_checkpoint(candidate)
+            except RunFolderError as exc:
+                errors.append(str(exc))
+                if path is None:
+                    warnings.warn(f"{exc}; trying an older checkpoint")
+        raise RunFolderError("no readable checkpoint:\n" + "\n".join(errors))
+
+    # metrics -----------------------------------------------------------------------------------------
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.is_file():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+        return rows
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load one checkpoint without executing code; damaged or pickled-code files raise RunFolderError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunFolderError(
+            f"checkpoint {path} is damaged or holds something other than tensors and plain values "
+            f"(refused to load it: {first[:200]})"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise RunFolderError(f"checkpoint {path} is not a vaelab checkpoint")
+    return state
+
+
+def load(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the model of run folder ``path`` with its trained weights, in eval mode.
+
+    Uses model.safetensors; a run stopped before it was written falls back to its newest checkpoint.
+    """
+    from .models.base import build_model
+
+    run = RunFolder(path)
+    cfg = run.read_config()
+    model = build_model(cfg.model)
+    if run.weights_path.is_file():
+        state = run.load_weights()
+    elif run.checkpoints():
+        warnings.warn(f"{run.weights_path} not found (training did not finish); using the newest checkpoint")
+        state = run.load_checkpoint()["model"]
+    else:
+        raise RunFolderError(f"{run.path} has no weights (no model.safetensors and no checkpoints)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise RunFolderError(f"the weights in {run.path} do not fit its config.yaml ({str(exc).splitlines()[0]})") from None
+    model.run_config = cfg
+    return model.to(device).eval()

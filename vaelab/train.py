@@ -1,0 +1,417 @@
+"""The one training loop every model uses.
+
+The model owns its losses and the order of its updates (``training_step``); this loop owns the rest:
+device and processes (Accelerate's ``PartialState``: one CPU, a GPU, or many processes under
+``torchrun`` / ``accelerate launch``), precision (``torch.autocast``, a GradScaler for fp16), seeds,
+progress, logs, sample grids, atomic checkpoints and exact resume, NaN detection, Ctrl-C and time budgets.
+
+Resume is exact on CPU: each epoch's batch order is a pure function of (seed, epoch), the checkpoint keeps
+the position inside the epoch and the RNG states, and evaluation runs under a forked RNG so it never
+shifts the training randomness.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from .config import Config
+from .data import DataSplits, epoch_batches, first_images, iterate_batches, load_data
+from .errors import ConfigError, TrainingDiverged
+from .models.base import GenerativeModel, build_model
+from .run import RunFolder, atomic_write_text
+
+CHECKPOINT_FORMAT = 1
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1.5h', '2h30m' or plain seconds -> seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smh])", text)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != text.replace(" ", ""):
+        raise ConfigError(f"cannot read the duration {text!r}; write it like 90s, 10m, 1.5h or 2h30m")
+    return sum(float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+
+
+@dataclass
+class Position:
+    """Where training is: ``step`` optimizer steps done; ``batch`` batches done inside epoch ``epoch``."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+class _Updater:
+    """The ``UpdateContext`` handed to ``training_step``: backward, gradient sync, clip, optimizer step."""
+
+    def __init__(self, optimizers, scalers, world: int, grad_clip: float | None, device_type: str):
+        self.optimizers, self.scalers = optimizers, scalers
+        self.world, self.grad_clip, self.device_type = world, grad_clip, device_type
+        self.step = 0
+
+    def update(self, loss: torch.Tensor, optimizer: str, terms: dict[str, torch.Tensor] | None = None) -> None:
+        if not bool(torch.isfinite(loss.detach())):
+            bad = {k: float(v) for k, v in (terms or {}).items() if not bool(torch.isfinite(v.detach()))}
+            term = next(iter(bad), "loss")
+            value = bad.get(term, float(loss))
+            raise TrainingDiverged(f"loss term '{term}' (optimizer '{optimizer}') became {value} at step {self.step + 1}")
+        opt = self.optimizers[optimizer]
+        params = [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
+        for p in params:  # other modules' losses may have left gradients here (a GAN's generator step, say)
+            p.grad = None
+        scaler = self.scalers.get(optimizer)
+        with torch.autocast(self.device_type, enabled=False):
+            (scaler.scale(loss) if scaler else loss).backward()
+        grads = [p.grad for p in params if p.grad is not None]
+        if self.world > 1 and grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat /= self.world
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+        if scaler:
+            scaler.unscale_(opt)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def _device_and_processes(device: str):
+    """(device, rank, world) from Accelerate's PartialState, which also joins torchrun's process group."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu")
+    if device not in ("auto", "cpu"):
+        return torch.device(device), state.process_index, state.num_processes
+    return state.device, state.process_index, state.num_processes
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def fill_data_shape(cfg: Config, data: DataSplits) -> None:
+    """Write the data's image shape and classes into the model config, so config.yaml alone rebuilds it."""
+    m = cfg.model
+    for key, value in (("image_size", data.image_size), ("channels", data.channels)):
+        if getattr(m, key, None) not in (None, value):
+            raise ConfigError(f"model.{key}={getattr(m, key)} but the data give {value}; set data.{key} instead")
+        setattr(m, key, value)
+    if hasattr(m, "num_classes"):
+        if data.num_classes == 0:
+            raise ConfigError(f"model '{m.name}' is conditional but {cfg.data.name} has no class labels "
+                              "(use a folder with one subfolder per class, or data.labels_csv with a 'label' column)")
+        m.num_classes = data.num_classes
+    if hasattr(m, "validate"):
+        m.validate()
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out: str | Path, resume: bool = False, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.run = RunFolder(out)
+        t = cfg.train
+        self.device, self.rank, self.world = _device_and_processes(t.device)
+        if t.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use bf16 (fast on CPUs with AMX/AVX-512 BF16) or fp32")
+        self.is_main = self.rank == 0
+        self.time_budget = parse_duration(t.time_budget) if t.time_budget else None
+
+        torch.manual_seed(t.seed)
+        self.data = load_data(cfg.data)
+        fill_data_shape(cfg, self.data)
+        self.model: GenerativeModel = build_model(cfg.model).to(self.device)
+        self.optimizers = self.model.configure_optimizers()
+        use_scaler = t.precision == "fp16"
+        self.scalers = {n: torch.amp.GradScaler(self.device.type) for n in self.optimizers} if use_scaler else {}
+        self.updater = _Updater(self.optimizers, self.scalers, self.world, t.grad_clip_norm, self.device.type)
+        if self.data.train.images is not None:
+            self.data.train.images = self.data.train.images.to(self.device)
+        self.batches_per_epoch = len(epoch_batches(len(self.data.train), t.batch_size, t.seed, 0, world=self.world))
+        if self.batches_per_epoch == 0:
+            raise ConfigError(
+                f"train.batch_size={t.batch_size} x {self.world} process(es) is larger than the training split "
+                f"({len(self.data.train)} images); lower train.batch_size"
+            )
+
+        self.pos = Position()
+        self.elapsed = 0.0  # training wall time over all sessions of this run, for time budgets
+        if resume:
+            self._restore(self.run.load_checkpoint())
+        elif self.rank > 0:
+            torch.manual_seed(t.seed + self.rank)  # same initial weights, different noise per process
+        self.writer = None
+        if self.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self.run.write_config(cfg)
+
+    # state -------------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_name": self.model.registry_name,
+            "model": self.model.state_dict(),
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "scalers": {n: s.state_dict() for n, s in self.scalers.items()},
+            "step": self.pos.step,
+            "epoch": self.pos.epoch,
+            "batch": self.pos.batch,
+            "elapsed": self.elapsed,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "extra": self.model.extra_state(),
+        }
+
+    def _restore(self, state: dict) -> None:
+        from .errors import RunFolderError
+
+        if state.get("model_name", self.model.registry_name) != self.model.registry_name:
+            raise RunFolderError(f"the checkpoint in {self.run.path} is of model '{state['model_name']}', "
+                                 f"not '{self.model.registry_name}'")
+        try:
+            self.model.load_state_dict(state["model"])
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(state["optimizers"][name])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise RunFolderError(f"the checkpoint in {self.run.path} does not fit this model's config ({exc})") from None
+        for name, scaler in self.scalers.items():
+            if name in state.get("scalers", {}):
+                scaler.load_state_dict(state["scalers"][name])
+        self.pos = Position(state["step"], state["epoch"], state["batch"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.model.load_extra_state(state.get("extra", {}))
+        torch.set_rng_state(state["rng_cpu"])
+        if state.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+    def save_checkpoint(self) -> None:
+        if self.is_main:
+            self.run.save_checkpoint(self._state(), self.pos.step, self.cfg.train.keep_checkpoints)
+
+    # logging -----------------------------------------------------------------------------------------
+    def log(self, row: dict) -> None:
+        if not self.is_main:
+            return
+        with open(self.run.metrics_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.cfg.train.tensorboard:
+            if self.writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(log_dir=str(self.run.path))
+            prefix = "epoch/" if row.get("event") == "epoch" else "train/"
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self.writer.add_scalar(prefix + key, value, row["step"])
+
+    # evaluation --------------------------------------------------------------------------------------
+    def test_elbo(self, limit: int) -> dict | None:
+        """Mean test ELBO (nats per image and bits per dim) over up to ``limit`` test images."""
+        if not self.model.has_encoder:
+            return None
+        test = self.data.test
+        n = min(limit, len(test))
+        batches = epoch_batches(n, 500, 0, 0, shuffle=False, drop_last=False)
+        totals = {"elbo": 0.0, "nll": 0.0, "kl": 0.0}
+        self.model.eval()
+        with torch.random.fork_rng(devices=[]), _autocast(self.cfg.train.precision, self.device):
+            torch.manual_seed(self.cfg.train.seed)
+            for batch in iterate_batches(test, batches, self.device):
+                out = self.model.elbo(batch["x"], batch["y"])
+                for key in totals:
+                    totals[key] += float(out[key].sum())
+        self.model.train()
+        dims = math.prod(self.model.image_shape)
+        result = {f"test_{k}": v / n for k, v in totals.items()}
+        result["test_bits_per_dim"] = -result["test_elbo"] / (dims * math.log(2))
+        result["test_images"] = n
+        return result
+
+    def write_grids(self, tag: str) -> None:
+        if not self.is_main or self.cfg.train.num_sample_images == 0:
+            return
+        n = self.cfg.train.num_sample_images
+        nrow = max(1, int(math.ceil(math.sqrt(n))))
+        self.run.samples_dir.mkdir(parents=True, exist_ok=True)
+        self.model.eval()
+        y = None
+        if self.model.is_conditional:
+            y = (torch.arange(n) % self.model.config.num_classes).to(self.device)
+            nrow = self.model.config.num_classes
+        samples = self.model.sample(n, y=y, generator=torch.Generator().manual_seed(self.cfg.train.seed))
+        save_image(samples.float().cpu(), self.run.samples_dir / f"{tag}-samples.png", nrow=nrow, padding=1)
+        if self.model.has_encoder:
+            x = first_images(self.data.test, 32).to(self.device)
+            labels = None if self.data.test.labels is None else self.data.test.labels[: len(x)].to(self.device)
+            with torch.inference_mode():
+                recon = self.model.reconstruct(x, labels if self.model.is_conditional else None)
+            rows = torch.stack([x.view(-1, 8, *x.shape[1:]), recon.float().view(-1, 8, *x.shape[1:])], 1)
+            save_image(rows.reshape(-1, *x.shape[1:]).cpu(), self.run.samples_dir / f"{tag}-reconstructions.png",
+                       nrow=8, padding=1)
+        self.model.train()
+
+    # the loop ----------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        t = self.cfg.train
+        stop = {"signal": False}
+
+        def request_stop(signum, frame):
+            if stop["signal"]:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            stop["signal"] = True
+
+        handlers = {}
+        if self.is_main and sys.platform != "win32":
+            try:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    handlers[sig] = signal.signal(sig, request_stop)
+            except ValueError:  # not the main thread (a notebook runner, say): no handlers
+                handlers = {}
+        try:
+            return self._loop(stop)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            if self.writer is not None:
+                self.writer.close()
+
+    def _loop(self, stop: dict) -> dict:
+        from tqdm.auto import tqdm
+
+        t = self.cfg.train
+        self.model.train()
+        finished_reason = "epochs"
+        window: dict[str, torch.Tensor] = {}
+        window_steps, window_images, window_time = 0, 0, 0.0
+        epoch_images, epoch_time = 0, 0.0
+        throughput = None
+        while self.pos.epoch < t.epochs:
+            batches = epoch_batches(len(self.data.train), t.batch_size, t.seed, self.pos.epoch,
+                                    rank=self.rank, world=self.world)
+            bar = tqdm(total=len(batches), initial=self.pos.batch, desc=f"epoch {self.pos.epoch + 1}/{t.epochs}",
+                       disable=not (self.progress and self.is_main), leave=False, dynamic_ncols=True)
+            tick = time.perf_counter()
+            for batch in iterate_batches(self.data.train, batches[self.pos.batch :], self.device, self.cfg.data.num_workers):
+                self.updater.step = self.pos.step
+                try:
+                    with _autocast(t.precision, self.device):
+                        losses = self.model.training_step(batch, self.updater)
+                except TrainingDiverged as exc:
+                    bar.close()
+                    last = self.run.checkpoints()
+                    where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+                    raise TrainingDiverged(
+                        f"{exc}. Training stopped; {where}. Lower the learning rate (--set model.lr=...) or use "
+                        f"--precision fp32, then continue with `vaelab train --resume {self.run.path}`."
+                    ) from None
+                self.pos.step += 1
+                self.pos.batch += 1
+                for key, value in losses.items():
+                    window[key] = window.get(key, 0.0) + value.float()
+                window_steps += 1
+                window_images += batch["x"].shape[0] * self.world
+                now = time.perf_counter()
+                self.elapsed += now - tick
+                window_time += now - tick
+                epoch_images += batch["x"].shape[0] * self.world
+                epoch_time += now - tick
+                bar.update(1)
+                if self.pos.step % t.log_every == 0:
+                    row = {k: float(v) / window_steps for k, v in window.items()}
+                    throughput = window_images / max(window_time, 1e-9)
+                    self.log({"event": "step", "step": self.pos.step, "epoch": self.pos.epoch + 1, **row,
+                              "images_per_s": throughput})
+                    bar.set_postfix({**{k: f"{v:.4g}" for k, v in row.items()}, "img/s": f"{throughput:.0f}"})
+                    window, window_steps, window_images, window_time = {}, 0, 0, 0.0
+                if t.checkpoint_every_steps and self.pos.step % t.checkpoint_every_steps == 0:
+                    self.save_checkpoint()
+                if stop["signal"]:
+                    finished_reason = "interrupted"
+                elif t.max_steps is not None and self.pos.step >= t.max_steps:
+                    finished_reason = "max_steps"
+                elif self.time_budget is not None and self.elapsed >= self.time_budget:
+                    finished_reason = "time_budget"
+                if finished_reason != "epochs":
+                    break
+                tick = time.perf_counter()
+            bar.close()
+            if finished_reason == "interrupted":
+                self.save_checkpoint()
+                return {"interrupted": True, "step": self.pos.step, "run": str(self.run.path)}
+            if finished_reason == "epochs":
+                self.pos.epoch += 1
+                self.pos.batch = 0
+                self._end_of_epoch(epoch_images / max(epoch_time, 1e-9))
+                epoch_images, epoch_time = 0, 0.0
+            else:
+                break
+        return self._finish(finished_reason)
+
+    def _end_of_epoch(self, images_per_s: float) -> None:
+        t = self.cfg.train
+        e = self.pos.epoch
+        row = {"event": "epoch", "step": self.pos.step, "epoch": e, "images_per_s": images_per_s}
+        metrics = self.test_elbo(t.eval_images)
+        if metrics:
+            row.update(metrics)
+        self.log(row)
+        if self.is_main and self.progress:
+            shown = f"  test ELBO {metrics['test_elbo']:.2f} nats" if metrics else ""
+            print(f"epoch {e}/{t.epochs}  step {self.pos.step}  {images_per_s:.0f} img/s{shown}", flush=True)
+        if t.sample_every_epochs and (e % t.sample_every_epochs == 0 or e == t.epochs):
+            self.write_grids(f"epoch-{e:04d}")
+        if t.checkpoint_every_epochs and (e % t.checkpoint_every_epochs == 0 or e == t.epochs):
+            self.save_checkpoint()
+
+    def _finish(self, reason: str) -> dict:
+        if reason != "epochs":  # stopped inside an epoch: keep its state and its grids
+            self.save_checkpoint()
+            self.write_grids(f"step-{self.pos.step:08d}")
+        summary = {
+            "model": self.model.registry_name,
+            "data": self.data.description,
+            "stopped_by": reason,
+            "steps": self.pos.step,
+            "epochs_done": self.pos.epoch,
+            "train_seconds": self.elapsed,
+            "images_per_s": self.pos.step * self.cfg.train.batch_size * self.world / max(self.elapsed, 1e-9),
+            "precision": self.cfg.train.precision,
+            "device": str(self.device),
+            "processes": self.world,
+        }
+        metrics = self.test_elbo(10_000)
+        if metrics:
+            summary.update(metrics)
+        if self.is_main:
+            self.run.save_weights(self.model)
+            atomic_write_text(self.run.summary_path, json.dumps(summary, indent=2) + "\n")
+            self.log({"event": "end", "step": self.pos.step, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}})
+        return summary
+
+
+def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg`` into run folder ``out`` (continuing its newest checkpoint when ``resume``); returns the summary."""
+    return Trainer(cfg, out, resume=resume, progress=progress).fit()
