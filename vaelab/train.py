@@ -64,7 +64,7 @@ class _Updater:
 
     def update(self, loss: torch.Tensor, optimizer: str, terms: dict[str, torch.Tensor] | None = None) -> None:
         if not bool(torch.isfinite(loss.detach())):
-            bad = {k: float(v) for k, v in (terms or {}).items() if not bool(torch.isfinite(v.detach()))}
+            bad = {k: float(v.detach()) for k, v in (terms or {}).items() if not bool(torch.isfinite(v.detach()))}
             term = next(iter(bad), "loss")
             value = bad.get(term, float(loss))
             raise TrainingDiverged(f"loss term '{term}' (optimizer '{optimizer}') became {value} at step {self.step + 1}")

@@ -1,0 +1,27 @@
+import os
+import warnings
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_friendly(monkeypatch):
+    warnings.simplefilter("default")
+    yield
+
+
+def tiny_overrides(**extra) -> list[str]:
+    """Overrides for a small, fast VAE on mnist5k."""
+    sets = {
+        "model.widths": "[8, 16]",
+        "model.latent_dim": "4",
+        "train.batch_size": "100",
+        "train.log_every": "5",
+        "train.num_sample_images": "16",
+        "train.tensorboard": "false",
+    }
+    sets.update({k: str(v) for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in sets.items()]

@@ -1,0 +1,205 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conftest import tiny_overrides
+from vaelab import load
+from vaelab.cli import app
+from vaelab.config import load_config
+from vaelab.errors import TrainingDiverged
+from vaelab.run import RunFolder
+from vaelab.train import parse_duration, train
+
+
+def tiny_config(**extra):
+    return load_config(overrides=tiny_overrides(**{"model.dropout": 0.1, **extra}))
+
+
+def weights(path):
+    return load_file(path / "model.safetensors")
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_gives_the_same_weights(tmp_path):
+    straight = tmp_path / "straight"
+    train(tiny_config(**{"train.epochs": 2}), straight, progress=False)
+
+    split = tmp_path / "split"
+    train(tiny_config(**{"train.epochs": 1}), split, progress=False)
+    train(RunFolder(split).read_config().__class__ and tiny_config(**{"train.epochs": 2}), split, resume=True, progress=False)
+    assert_same_weights(weights(straight), weights(split))
+
+    # stopped in the middle of an epoch, from a step checkpoint
+    mid = tmp_path / "mid"
+    train(tiny_config(**{"train.epochs": 2, "train.checkpoint_every_steps": 7, "train.max_steps": 17}), mid, progress=False)
+    assert RunFolder(mid).load_checkpoint()["batch"] == 17
+    train(tiny_config(**{"train.epochs": 2, "train.checkpoint_every_steps": 7}), mid, resume=True, progress=False)
+    assert_same_weights(weights(straight), weights(mid))
+
+    # and the per-epoch test ELBO logged by the resumed run matches the straight run's
+    ends = [r for r in RunFolder(straight).read_metrics() if r["event"] == "epoch"]
+    ends_split = [r for r in RunFolder(split).read_metrics() if r["event"] == "epoch"]
+    assert ends[-1]["test_elbo"] == pytest.approx(ends_split[-1]["test_elbo"], rel=1e-6)
+
+
+def test_checkpoints_are_pruned_and_round_trip(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 1, "train.checkpoint_every_steps": 5, "train.keep_checkpoints": 2})
+    train(cfg, tmp_path / "r", progress=False)
+    run = RunFolder(tmp_path / "r")
+    names = [p.name for p in run.checkpoints()]
+    assert names == ["step-00000035.pt", "step-00000040.pt"]
+    assert not [p for p in run.checkpoint_dir.iterdir() if p.name.endswith(".tmp")]
+    state = run.load_checkpoint()
+    model = load(tmp_path / "r")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state["model"][key]), key
+    assert state["step"] == 40 and set(state["optimizers"]) == {"vae"}
+
+
+def test_nan_stops_with_the_term_and_step_and_keeps_good_checkpoints(tmp_path, monkeypatch):
+    import vaelab.models.vae as vae_module
+
+    real_kl = vae_module.kl_standard_normal
+    calls = {"n": 0}
+
+    def kl_that_breaks(mu, logvar):
+        calls["n"] += 1
+        out = real_kl(mu, logvar)
+        return out * float("nan") if calls["n"] == 6 else out
+
+    monkeypatch.setattr(vae_module, "kl_standard_normal", kl_that_breaks)
+    cfg = tiny_config(**{"train.epochs": 1, "train.checkpoint_every_steps": 2})
+    with pytest.raises(TrainingDiverged) as err:
+        train(cfg, tmp_path / "r", progress=False)
+    message = str(err.value)
+    assert "'kl'" in message and "step 6" in message and "step-00000004.pt" in message
+    state = RunFolder(tmp_path / "r").load_checkpoint()
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_time_budget_and_durations(tmp_path):
+    assert parse_duration("90s") == 90 and parse_duration("10m") == 600 and parse_duration("2h30m") == 9000
+    assert parse_duration("1.5h") == 5400 and parse_duration("12") == 12
+    from vaelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot read the duration"):
+        parse_duration("ten minutes")
+    summary = train(tiny_config(**{"train.epochs": 100, "train.time_budget": "1s"}), tmp_path / "r", progress=False)
+    assert summary["stopped_by"] == "time_budget" and summary["epochs_done"] < 100
+    assert (tmp_path / "r" / "model.safetensors").is_file()
+
+
+def test_bf16_trains_on_cpu(tmp_path):
+    summary = train(tiny_config(**{"train.epochs": 1, "train.precision": "bf16"}), tmp_path / "r", progress=False)
+    assert math.isfinite(summary["test_elbo"])
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "vaelab", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_end_to_end_train_sample_reconstruct(tmp_path):
+    run = tmp_path / "run"
+    # the default preset (vae-mnist), shortened to 3 epochs
+    result = _cli("train", "--epochs", "3", "--out", str(run), "--no-progress", "--set", "train.tensorboard=false")
+    assert result.returncode == 0, result.stderr
+    assert "test ELBO" in result.stdout
+    rows = RunFolder(run).read_metrics()
+    steps = [r for r in rows if r["event"] == "step"]
+    assert steps[-1]["loss"] < 0.7 * steps[0]["loss"], (steps[0], steps[-1])
+    epochs = [r for r in rows if r["event"] == "epoch"]
+    assert epochs[-1]["test_elbo"] > epochs[0]["test_elbo"]
+    for name in ("config.yaml", "model.safetensors", "summary.json", "samples/epoch-0003-samples.png",
+                 "samples/epoch-0003-reconstructions.png"):
+        assert (run / name).is_file(), name
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["sample", str(run), "--num", "10", "--out", str(tmp_path / "s.npz"), "--seed", "3"])
+    assert out.exit_code == 0, out.output
+    images = np.load(tmp_path / "s.npz")["images"]
+    assert images.shape == (10, 1, 28, 28) and images.dtype == np.float32
+    assert images.min() >= 0 and images.max() <= 1 and images.std() > 0.05
+    again = runner.invoke(app, ["sample", str(run), "--num", "10", "--out", str(tmp_path / "t.npz"), "--seed", "3"])
+    assert again.exit_code == 0 and np.array_equal(images, np.load(tmp_path / "t.npz")["images"])
+
+    out = runner.invoke(app, ["sample", str(run), "--num", "64", "--out", str(tmp_path / "grid.png")])
+    assert out.exit_code == 0 and (tmp_path / "grid.png").stat().st_size > 1000
+    out = runner.invoke(app, ["reconstruct", str(run), "--num", "16", "--out", str(tmp_path / "recon.png")])
+    assert out.exit_code == 0, out.output
+    mse = float(out.output.split("MSE ")[1].rstrip(")\n"))
+    from vaelab.config import DataConfig
+    from vaelab.data import first_images, load_data
+
+    x = first_images(load_data(DataConfig()).test, 16)
+    mean_image_mse = float((x - x.mean(0, keepdim=True)).pow(2).mean())
+    assert mse < 0.5 * mean_image_mse, (mse, mean_image_mse)
+    from PIL import Image
+
+    with Image.open(tmp_path / "recon.png") as grid:  # 4 rows (2 originals, 2 reconstructions) of 8, padding 1
+        assert grid.size == (8 * 29 + 1, 4 * 29 + 1)
+
+
+def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
+    runner = CliRunner()
+    cases = [
+        (["train", "--preset", "nope"], "no preset named 'nope'"),
+        (["train", "--set", "model.latnet=3"], "unknown key(s) in 'model': latnet"),
+        (["train", "--data", f"folder:{tmp_path / 'missing'}"], "image folder not found"),
+        (["train", "--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+        (["sample", str(tmp_path / "norun")], "run folder not found"),
+        (["train", "--resume", str(tmp_path / "norun")], "run folder not found"),
+    ]
+    for args, fragment in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert fragment in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_presets_and_datasets_are_listed():
+    runner = CliRunner()
+    out = runner.invoke(app, ["presets"])
+    assert out.exit_code == 0 and "vae-wss18-mnist" in out.output and "vae-mnist " in out.output
+    out = runner.invoke(app, ["datasets"])
+    assert out.exit_code == 0 and "mnist5k" in out.output and "folder:PATH" in out.output
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    run = tmp_path / "run"
+    sets = [a for s in tiny_overrides(**{"train.checkpoint_every_epochs": 0}) for a in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "vaelab", "train", "--epochs", "50", "--out", str(run), "--no-progress", *sets],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (run / "metrics.jsonl").is_file() and "epoch" in (run / "metrics.jsonl").read_text():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted at step" in stdout and "--resume" in stdout
+    assert "Traceback" not in stderr
+    state = RunFolder(run).load_checkpoint()
+    assert 0 < state["step"] < 50 * 40
+    result = _cli("train", "--resume", str(run), "--epochs", str(state["epoch"] + 1), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_done"] == state["epoch"] + 1 and summary["steps"] == (state["epoch"] + 1) * 40
