@@ -120,6 +120,8 @@ def train(
     if "test_elbo" in summary:
         line += (f"\ntest ELBO {summary['test_elbo']:.2f} nats/image ({summary['test_bits_per_dim']:.4f} bits/dim; "
                  f"nll {summary['test_nll']:.2f}, KL {summary['test_kl']:.2f}) on {summary['test_images']} test images")
+    elif "test_loss" in summary:
+        line += f"\ntest loss {summary['test_loss']:.2f} (reconstruction {summary['test_recon']:.2f}, KL {summary['test_kl']:.2f})"
     typer.echo(line)
     typer.echo(f"run folder: {target}")
 

@@ -45,3 +45,29 @@ def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch
 def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     """log N(z | 0, I) summed over the last dim. (..., D) -> (...)."""
     return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+
+
+def ssim_loss(x_hat: torch.Tensor, x: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """1 - SSIM(x_hat, x) per image with a Gaussian window, data range 1 (torchmetrics). (B, C, H, W) -> (B,)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    ssim = structural_similarity_index_measure(
+        x_hat.float(), x.float(), gaussian_kernel=True, sigma=sigma, kernel_size=window, data_range=1.0, reduction="none"
+    )
+    return 1.0 - ssim
+
+
+def colour_loss(x_hat: torch.Tensor, x: torch.Tensor, grid: int = 3) -> torch.Tensor:
+    """MSE between adaptive-average-pooled grid x grid versions of x_hat and x, per channel. (B, C, H, W) -> (B,)."""
+    pooled_hat = F.adaptive_avg_pool2d(x_hat.float(), grid)
+    pooled = F.adaptive_avg_pool2d(x.float(), grid)
+    return (pooled_hat - pooled).pow(2).flatten(1).mean(1)
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, *critic_args) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017, eq. 3): E[(||grad D(x_hat)||_2 - 1)^2], x_hat on random lines real-fake. Scalar."""
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    out = critic(x_hat, *critic_args)
+    (grad,) = torch.autograd.grad(out.float().sum(), x_hat, create_graph=True)
+    return (grad.float().flatten(1).norm(2, dim=1) - 1).pow(2).mean()

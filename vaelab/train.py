@@ -229,7 +229,8 @@ class Trainer:
 
     # evaluation --------------------------------------------------------------------------------------
     def test_elbo(self, limit: int) -> dict | None:
-        """Mean test ELBO (nats per image and bits per dim) over up to ``limit`` test images."""
+        """Mean test ELBO (nats per image, bits per dim) over up to ``limit`` test images; for a model whose
+        reconstruction term is not a likelihood (an SSIM loss), its test loss instead."""
         if not self.model.has_encoder:
             return None
         test = self.data.test
@@ -240,12 +241,15 @@ class Trainer:
         with torch.random.fork_rng(devices=[]), _autocast(self.cfg.train.precision, self.device):
             torch.manual_seed(self.cfg.train.seed)
             for batch in iterate_batches(test, batches, self.device):
-                out = self.model.elbo(batch["x"], batch["y"])
+                out = self.model.elbo(batch["x"], batch["y"] if self.model.is_conditional else None)
                 for key in totals:
                     totals[key] += float(out[key].sum())
         self.model.train()
+        mean = {k: v / n for k, v in totals.items()}
+        if not self.model.has_likelihood:
+            return {"test_loss": -mean["elbo"], "test_recon": mean["nll"], "test_kl": mean["kl"], "test_images": n}
         dims = math.prod(self.model.image_shape)
-        result = {f"test_{k}": v / n for k, v in totals.items()}
+        result = {f"test_{k}": v for k, v in mean.items()}
         result["test_bits_per_dim"] = -result["test_elbo"] / (dims * math.log(2))
         result["test_images"] = n
         return result
@@ -312,7 +316,7 @@ class Trainer:
             batches = epoch_batches(len(self.data.train), t.batch_size, t.seed, self.pos.epoch,
                                     rank=self.rank, world=self.world)
             bar = tqdm(total=len(batches), initial=self.pos.batch, desc=f"epoch {self.pos.epoch + 1}/{t.epochs}",
-                       disable=not (self.progress and self.is_main), leave=False, dynamic_ncols=True)
+                       disable=not (self.progress and self.is_main and sys.stderr.isatty()), leave=False, dynamic_ncols=True)
             tick = time.perf_counter()
             for batch in iterate_batches(self.data.train, batches[self.pos.batch :], self.device, self.cfg.data.num_workers):
                 self.updater.step = self.pos.step
@@ -379,7 +383,9 @@ class Trainer:
             row.update(metrics)
         self.log(row)
         if self.is_main and self.progress:
-            shown = f"  test ELBO {metrics['test_elbo']:.2f} nats" if metrics else ""
+            shown = ""
+            if metrics:
+                shown = f"  test ELBO {metrics['test_elbo']:.2f} nats" if "test_elbo" in metrics else f"  test loss {metrics['test_loss']:.2f}"
             print(f"epoch {e}/{t.epochs}  step {self.pos.step}  {images_per_s:.0f} img/s{shown}", flush=True)
         if t.sample_every_epochs and (e % t.sample_every_epochs == 0 or e == t.epochs):
             self.write_grids(f"epoch-{e:04d}")

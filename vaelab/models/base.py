@@ -34,7 +34,7 @@ def register(name: str):
 
 
 def _ensure_models_imported() -> None:
-    from . import vae  # noqa: F401  (registration happens on import)
+    from . import cvae, gans, ssim_vae, vae  # noqa: F401  (registration happens on import)
 
 
 def model_names() -> list[str]:
@@ -70,6 +70,7 @@ class GenerativeModel(nn.Module):
     config_class: type
     registry_name: str = ""
     has_encoder: bool = False
+    has_likelihood: bool = False  # elbo/log_likelihood are true bounds on log p(x) (not so for an SSIM loss)
     is_conditional: bool = False
 
     def __init__(self, config):
@@ -94,10 +95,13 @@ class GenerativeModel(nn.Module):
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` images from the prior: (n, C, H, W) in [0, 1]."""
+        """Draw ``n`` images from the prior: (n, C, H, W) in [0, 1]. Conditional models draw classes ``y`` (n,),
+        uniformly at random when ``y`` is None."""
         z = torch.randn(n, self.config.latent_dim, generator=generator, device="cpu").to(self.device)
+        if self.is_conditional and y is None:
+            y = torch.randint(self.config.num_classes, (n,), generator=generator).to(self.device)
         return self.decode(z, y)
 
     def extra_state(self) -> dict:
@@ -117,6 +121,7 @@ class GaussianLatentModel(GenerativeModel):
     """
 
     has_encoder = True
+    has_likelihood = True
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> mu, logvar, each (B, latent_dim)."""
@@ -138,7 +143,7 @@ class GaussianLatentModel(GenerativeModel):
         """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Decode the posterior mean: (B, C, H, W) -> (B, C, H, W) in [0, 1]."""
         mu, _ = self.encode(x, y)
@@ -150,13 +155,13 @@ class GaussianLatentModel(GenerativeModel):
         z = self.reparameterize(mu, logvar)
         return {"nll": self.nll(self.decoder_output(z, y), x), "kl": kl_standard_normal(mu, logvar)}
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def elbo(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """ELBO per image in nats (B,), with its ``nll`` and ``kl`` terms."""
         terms = self.elbo_terms(x, y)
         return {"elbo": -(terms["nll"] + terms["kl"]), **terms}
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, k: int, y: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
         """Importance-weighted estimate of log p(x) with ``k`` samples from q(z|x) (Burda et al. 2016, eq. 8).
 

@@ -1,18 +1,19 @@
-"""Building blocks shared by the models: DCGAN-style strided conv stacks that work at any image size."""
+"""Building blocks shared by the models: strided 4x4 conv stacks that work at any image size."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
 
 
-def downsampled_sizes(image_size: int, stages: int) -> list[int]:
-    """Spatial sizes through ``stages`` 4x4 stride-2 padding-1 convs: s -> floor(s / 2). Length stages + 1."""
+def downsampled_sizes(image_size: int, stages: int, padding: int = 1) -> list[int]:
+    """Spatial sizes through ``stages`` 4x4 stride-2 convs: s -> floor((s + 2p - 4) / 2) + 1. Length stages + 1."""
     sizes = [image_size]
     for _ in range(stages):
-        sizes.append(sizes[-1] // 2)
-    if sizes[-1] < 1:
+        sizes.append((sizes[-1] + 2 * padding - 4) // 2 + 1)
+    if min(sizes) < 1:
         raise ConfigError(
             f"image size {image_size} is too small for {stages} stride-2 stages (it would shrink to {sizes}); "
             f"use fewer model.widths or a larger data.image_size"
@@ -27,19 +28,21 @@ def norm_2d(kind: str, channels: int) -> nn.Module:
 class ConvEncoder(nn.Module):
     """x (B, C, S, S) -> features (B, widths[-1] * s * s) through len(widths) 4x4 stride-2 convs.
 
-    DCGAN layout: no normalisation on the first conv, ``norm`` on the others, LeakyReLU after each.
+    DCGAN layout by default: no normalisation on the first conv (``norm_first`` adds it), ``norm`` on the
+    others, LeakyReLU after each.
     """
 
     def __init__(self, channels: int, image_size: int, widths: list[int], norm: str = "batch",
-                 slope: float = 0.2, dropout: float = 0.0):
+                 slope: float = 0.2, dropout: float = 0.0, padding: int = 1, norm_first: bool = False):
         super().__init__()
-        self.sizes = downsampled_sizes(image_size, len(widths))
+        self.sizes = downsampled_sizes(image_size, len(widths), padding)
         layers: list[nn.Module] = []
         c_in = channels
         for i, width in enumerate(widths):
-            layers.append(nn.Conv2d(c_in, width, 4, 2, 1, bias=(i == 0 or norm != "batch")))
-            if i > 0:
-                layers.append(norm_2d(norm, width))
+            normed = norm == "batch" and (i > 0 or norm_first)
+            layers.append(nn.Conv2d(c_in, width, 4, 2, padding, bias=not normed))
+            if normed:
+                layers.append(nn.BatchNorm2d(width))
             layers.append(nn.LeakyReLU(slope, inplace=True))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -53,28 +56,38 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """z (B, in_features) -> logits (B, C, S, S): linear to widths[-1] x s x s, then 4x4 stride-2 transposed convs.
+    """z (B, in_features) -> (B, C, S, S) raw output: linear to widths[-1] x s x s, then 4x4 stride-2 transposed convs.
 
     The transposed convs use output_padding to land exactly on the encoder's sizes in reverse, so odd sizes
-    such as 28 -> 14 -> 7 -> 3 come back as 3 -> 7 -> 14 -> 28.
+    come back: 28 -> 14 -> 7 -> 3 returns as 3 -> 7 -> 14 -> 28, and unpadded 96 -> 47 -> 22 -> 10 -> 4 as
+    4 -> 10 -> 22 -> 47 -> 96. Activation: ReLU (DCGAN), or LeakyReLU when ``slope`` is given.
     """
 
-    def __init__(self, in_features: int, channels: int, image_size: int, widths: list[int], norm: str = "batch"):
+    def __init__(self, in_features: int, channels: int, image_size: int, widths: list[int], norm: str = "batch",
+                 padding: int = 1, slope: float | None = None):
         super().__init__()
-        sizes = downsampled_sizes(image_size, len(widths))
+        sizes = downsampled_sizes(image_size, len(widths), padding)
+        act = (lambda: nn.ReLU(inplace=True)) if slope is None else (lambda: nn.LeakyReLU(slope, inplace=True))
         self.start_shape = (widths[-1], sizes[-1], sizes[-1])
-        self.fc = nn.Sequential(nn.Linear(in_features, widths[-1] * sizes[-1] ** 2), nn.ReLU(inplace=True))
+        self.fc = nn.Sequential(nn.Linear(in_features, widths[-1] * sizes[-1] ** 2), act())
         layers: list[nn.Module] = []
         rev = list(reversed(widths))
         for i, width in enumerate(rev):
             s_in, s_out = sizes[-1 - i], sizes[-2 - i]
             c_out = rev[i + 1] if i + 1 < len(rev) else channels
             last = i + 1 == len(rev)
-            layers.append(nn.ConvTranspose2d(width, c_out, 4, 2, 1, output_padding=s_out - 2 * s_in,
+            output_padding = s_out - (2 * s_in + 2 - 2 * padding)
+            layers.append(nn.ConvTranspose2d(width, c_out, 4, 2, padding, output_padding=output_padding,
                                              bias=last or norm != "batch"))
             if not last:
-                layers += [norm_2d(norm, c_out), nn.ReLU(inplace=True)]
+                layers += [norm_2d(norm, c_out), act()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
         return self.net(self.fc(z).view(-1, *self.start_shape))
+
+
+def one_hot_channels(y: torch.Tensor, num_classes: int, size: int) -> torch.Tensor:
+    """Labels (B,) -> constant one-hot planes (B, num_classes, size, size), to concatenate to an image."""
+    onehot = nn.functional.one_hot(y, num_classes).float()
+    return onehot[:, :, None, None].expand(-1, -1, size, size)

@@ -112,11 +112,16 @@ class VAE(GaussianLatentModel):
             self.encoder = WSS18Encoder(c.leaky_slope, c.dropout)
             self.decoder = WSS18Decoder(c.latent_dim, c.leaky_slope)
         else:
-            self.encoder = ConvEncoder(c.channels, c.image_size, c.widths, c.norm, c.leaky_slope, c.dropout)
-            self.decoder = ConvDecoder(c.latent_dim, c.channels, c.image_size, c.widths, c.norm)
+            extra = self.condition_size()
+            self.encoder = ConvEncoder(c.channels + extra, c.image_size, c.widths, c.norm, c.leaky_slope, c.dropout)
+            self.decoder = ConvDecoder(c.latent_dim + extra, c.channels, c.image_size, c.widths, c.norm)
         # One linear layer gives both heads; WSS18's "log sigma = 0.5 * linear" is the same as logvar = linear.
         self.to_moments = nn.Linear(self.encoder.out_features, 2 * c.latent_dim)
         self.log_sigma2 = nn.Parameter(torch.tensor(math.log(c.gaussian_variance)), requires_grad=c.learn_variance)
+
+    def condition_size(self) -> int:
+        """Extra encoder channels and decoder inputs for a condition (the conditional VAE's one-hot label)."""
+        return 0
 
     def configure_optimizers(self):
         c = self.config
@@ -135,10 +140,10 @@ class VAE(GaussianLatentModel):
         return gaussian_nll(torch.sigmoid(output.float()), x, self.log_sigma2)
 
     def training_step(self, batch, ctx):
-        x = batch["x"]
-        mu, logvar = self.encode(x)
+        x, y = batch["x"], (batch["y"] if self.is_conditional else None)
+        mu, logvar = self.encode(x, y)
         z = self.reparameterize(mu, logvar)
-        nll = self.nll(self.decoder_output(z), x).mean()
+        nll = self.nll(self.decoder_output(z, y), x).mean()
         kl = kl_standard_normal(mu, logvar).mean()
         loss = nll + self.config.beta * kl
         ctx.update(loss, "vae", {"nll": nll, "kl": kl})
