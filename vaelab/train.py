@@ -55,7 +55,11 @@ class Position:
 
 
 class _Updater:
-    """The ``UpdateContext`` handed to ``training_step``: backward, gradient sync, clip, optimizer step."""
+    """The ``UpdateContext`` handed to ``training_step``: gradients, sync across processes, clip, optimizer steps.
+
+    Each optimizer's gradient is taken with ``torch.autograd.grad`` over its own parameters only, so a loss
+    never leaves gradients in another network, and several losses of one forward pass can be applied in turn.
+    """
 
     def __init__(self, optimizers, scalers, world: int, grad_clip: float | None, device_type: str):
         self.optimizers, self.scalers = optimizers, scalers
@@ -63,37 +67,50 @@ class _Updater:
         self.step = 0
 
     def update(self, loss: torch.Tensor, optimizer: str, terms: dict[str, torch.Tensor] | None = None) -> None:
-        if not bool(torch.isfinite(loss.detach())):
-            bad = {k: float(v.detach()) for k, v in (terms or {}).items() if not bool(torch.isfinite(v.detach()))}
-            term = next(iter(bad), "loss")
-            value = bad.get(term, float(loss))
-            raise TrainingDiverged(f"loss term '{term}' (optimizer '{optimizer}') became {value} at step {self.step + 1}")
-        opt = self.optimizers[optimizer]
-        params = [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
-        for p in params:  # other modules' losses may have left gradients here (a GAN's generator step, say)
-            p.grad = None
-        scaler = self.scalers.get(optimizer)
-        with torch.autocast(self.device_type, enabled=False):
-            (scaler.scale(loss) if scaler else loss).backward()
-        grads = [p.grad for p in params if p.grad is not None]
-        if self.world > 1 and grads:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            torch.distributed.all_reduce(flat)
-            flat /= self.world
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
-        if scaler:
-            scaler.unscale_(opt)
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        self.update_many({optimizer: loss}, terms)
+
+    def update_many(self, losses: dict[str, torch.Tensor], terms: dict[str, torch.Tensor] | None = None) -> None:
+        """Gradients of every ``{optimizer: loss}`` from the current graph first, then the steps in dict order."""
+        for name, loss in losses.items():
+            if not bool(torch.isfinite(loss.detach())):
+                bad = {k: float(v.detach()) for k, v in (terms or {}).items() if not bool(torch.isfinite(v.detach()))}
+                term = next(iter(bad), "loss")
+                value = bad.get(term, float(loss.detach()))
+                raise TrainingDiverged(f"loss term '{term}' (optimizer '{name}') became {value} at step {self.step + 1}")
+        pending = []
+        names = list(losses)
+        for i, name in enumerate(names):
+            opt = self.optimizers[name]
+            params = [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
+            scaler = self.scalers.get(name)
+            loss = scaler.scale(losses[name]) if scaler else losses[name]
+            with torch.autocast(self.device_type, enabled=False):
+                grads = torch.autograd.grad(loss, params, retain_graph=i + 1 < len(names), allow_unused=True)
+            pending.append((name, params, grads))
+        for name, params, grads in pending:
+            opt = self.optimizers[name]
+            for p, g in zip(params, grads):
+                p.grad = g
+            present = [p.grad for p in params if p.grad is not None]
+            if self.world > 1 and present:
+                flat = torch.cat([g.reshape(-1) for g in present])
+                torch.distributed.all_reduce(flat)
+                flat /= self.world
+                offset = 0
+                for g in present:
+                    g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                    offset += g.numel()
+            scaler = self.scalers.get(name)
+            if scaler:
+                scaler.unscale_(opt)
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
 
 
 def _device_and_processes(device: str):

@@ -63,7 +63,10 @@ class UpdateContext(Protocol):
     step: int
 
     def update(self, loss: torch.Tensor, optimizer: str, terms: dict[str, torch.Tensor] | None = None) -> None:
-        """Backward ``loss``, sync gradients, clip, step optimizer ``optimizer``, zero its gradients."""
+        """Gradient of ``loss`` for optimizer ``optimizer``'s parameters, sync across processes, clip, step."""
+
+    def update_many(self, losses: dict[str, torch.Tensor], terms: dict[str, torch.Tensor] | None = None) -> None:
+        """All gradients from the current forward pass first, then the optimizer steps in dict order."""
 
 
 class GenerativeModel(nn.Module):
