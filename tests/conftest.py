@@ -13,11 +13,10 @@ def _single_thread_friendly(monkeypatch):
     yield
 
 
-def tiny_overrides(**extra) -> list[str]:
-    """Overrides for a small, fast VAE on mnist5k."""
+def tiny_overrides(vae: bool = True, **extra) -> list[str]:
+    """Overrides for a small, fast run on mnist5k (``vae``: also shrink the VAE's widths and latent)."""
     sets = {
-        "model.widths": "[8, 16]",
-        "model.latent_dim": "4",
+        **({"model.widths": "[8, 16]", "model.latent_dim": "4"} if vae else {}),
         "train.batch_size": "100",
         "train.log_every": "5",
         "train.num_sample_images": "16",

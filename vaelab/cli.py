@@ -70,6 +70,7 @@ def train(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimizer steps"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/<preset>, made unique)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its newest checkpoint"),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="one run per value: --sweep model.latent_dim=100,500,1000"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ):
     """Train a model into a run folder (config, weights, checkpoints, samples, metrics)."""
@@ -88,6 +89,11 @@ def train(
     if strict:
         cli_sets.append("data.strict=true")
 
+    if sweep is not None:
+        if resume is not None or out is not None:
+            _fail("--sweep names its own run folders (runs/<name>-<key>-<value>); drop --resume/--out")
+        _train_sweep(sweep, preset, config, cli_sets, progress)
+        return
     if resume is not None:
         if preset or config or data:
             _fail("--resume continues a run with its own config; drop --preset/--config/--data")
@@ -126,6 +132,31 @@ def train(
     typer.echo(f"run folder: {target}")
 
 
+def _train_sweep(sweep: str, preset, config, cli_sets: list[str], progress: bool) -> None:
+    from .config import apply_overrides, build_config, read_config_file, read_preset
+    from .train import train as run_training
+
+    if "=" not in sweep:
+        _fail("--sweep takes section.key=v1,v2,... e.g. --sweep model.latent_dim=100,500,1000,2000")
+    key, values = sweep.split("=", 1)
+    values = [v.strip() for v in values.split(",") if v.strip()]
+    if not values:
+        _fail(f"--sweep {sweep}: no values after '='")
+    base = read_config_file(config) if config else read_preset(preset or "vae-mnist")
+    configs = [build_config(apply_overrides(base, [*cli_sets, f"{key}={v}"])) for v in values]  # check all first
+    folders = []
+    for value, cfg in zip(values, configs):
+        target = _unique_run_dir(Path("runs") / f"{cfg.name}-{key.split('.')[-1]}-{value}")
+        typer.echo(f"sweep {key}={value}: training {cfg.model.name} -> {target}")
+        summary = run_training(cfg, target, progress=progress)
+        if summary.get("interrupted"):
+            typer.echo(f"interrupted; continue with: vaelab train --resume {target}")
+            raise typer.Exit(130)
+        folders.append(str(target))
+    typer.echo("sweep done: " + " ".join(folders))
+    typer.echo(f"compare with: vaelab evaluate RUN for each, then vaelab compare {' '.join(folders)} --out compare/")
+
+
 def _labels_for(model, num: int, label: Optional[int]):
     import torch
 
@@ -146,7 +177,7 @@ def _labels_for(model, num: int, label: Optional[int]):
 def sample(
     run: Path = typer.Argument(..., help="run folder"),
     num: int = typer.Option(64, "--num", "-n", help="number of images"),
-    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help=".png grid, .npz (images float32 NCHW in [0,1]), or DIR/ for PNG files"),
+    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help=".png grid, .npz (images float32 NCHW in [0,1]), or a folder (no extension) for PNG files"),
     seed: int = typer.Option(0, "--seed"),
     label: Optional[int] = typer.Option(None, "--label", help="class to draw (conditional models)"),
     batch_size: int = typer.Option(500, "--batch-size"),
@@ -161,6 +192,8 @@ def sample(
 
     if num < 1:
         _fail("--num must be at least 1")
+    if out.suffix.lower() not in ("", ".png", ".jpg", ".jpeg", ".npz"):
+        _fail(f"--out {out}: write a .png or .jpg grid, an .npz file, or a folder name without an extension")
     model = load(run, device=device)
     labels = _labels_for(model, num, label)
     generator = torch.Generator().manual_seed(seed)
@@ -169,7 +202,7 @@ def sample(
         y = None if labels is None else labels[start : start + batch_size].to(device)
         chunks.append(model.sample(min(batch_size, num - start), y=y, generator=generator).float().cpu())
     images = torch.cat(chunks)
-    if str(out).endswith(("/", "\\")) or out.is_dir():
+    if out.suffix == "" or out.is_dir():
         _write_png_folder(images, labels, out)
     elif out.suffix.lower() == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -188,10 +221,11 @@ def _write_png_folder(images, labels, out: Path, shard: int = 1000):
     import csv
 
     from torchvision.utils import save_image
+    from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i, img in enumerate(images):
+    for i, img in enumerate(tqdm(images, desc=f"writing PNGs to {out}", unit="img", disable=len(images) < 1000)):
         name = f"{i // shard:05d}/{i:07d}.png"
         (out / name).parent.mkdir(exist_ok=True)
         save_image(img, out / name)
@@ -240,6 +274,241 @@ def reconstruct(
     save_image(torch.cat(rows), out, nrow=per_row, padding=1)
     mse = float((recon - x).pow(2).mean())
     typer.echo(f"wrote {len(x)} originals and reconstructions to {out} (per-pixel MSE {mse:.5f})")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: Path = typer.Argument(..., help="run folder"),
+    split: str = typer.Option("test", "--split", help="test | train"),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="samples to draw (default: as many as real images)"),
+    features: List[str] = typer.Option(["auto"], "--features", help="auto | classifier:PATH | inception | pixels (repeatable)"),
+    k: int = typer.Option(1000, "--k", help="importance samples per image for the IWAE bound (0: skip)"),
+    binarized: bool = typer.Option(False, "--binarized", help="the binarized-MNIST protocol: dynamic binarization, fixed seed"),
+    inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="local torch-fidelity Inception weights"),
+    download: bool = typer.Option(False, "--download", help="allow downloading the Inception weights"),
+    utility: bool = typer.Option(True, "--utility/--no-utility", help="classification accuracy score and augmentation gain"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+):
+    """Measure a run: likelihood (ELBO, IWAE, reconstruction, KL) and samples (FID/KID/IS, MMD, MS-SSIM, P/R, ...)."""
+    from .evaluate import evaluate as run_evaluation, headline
+
+    result = run_evaluation(run, split=split, num_samples=num_samples, features=features, k=k, binarized=binarized,
+                            inception_weights=inception_weights, download=download, utility=utility, seed=seed,
+                            device=device)
+    for key, value in headline(result).items():
+        typer.echo(f"{key:32s} {value:.5g}" if isinstance(value, float) else f"{key:32s} {value}")
+    typer.echo(f"wrote {run / 'eval' / 'metrics.json'} and report.md ({result['seconds']:.1f} s)")
+
+
+@app.command()
+@user_errors
+def compare(
+    runs: List[Path] = typer.Argument(..., help="evaluated run folders"),
+    out: Path = typer.Option(Path("compare"), "--out", "-o", help="report folder"),
+):
+    """One report over several evaluated runs: table (best in bold), grids, bar charts, curves; MD, HTML, CSV."""
+    from .compare import compare as run_compare
+
+    folder = run_compare(runs, out)
+    typer.echo(f"wrote {folder / 'report.md'}, {folder / 'report.html'} and {folder / 'metrics.csv'}")
+
+
+@app.command("train-classifier")
+@user_errors
+def train_classifier_command(
+    data: str = typer.Option("mnist5k", "--data", help="a labelled dataset (see `vaelab datasets`)"),
+    image_size: Optional[int] = typer.Option(None, "--image-size"),
+    channels: Optional[int] = typer.Option(None, "--channels"),
+    data_root: str = typer.Option("data", "--data-root"),
+    epochs: int = typer.Option(10, "--epochs"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder (default classifiers/<data>)"),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Train the domain classifier whose features and logits give FID/KID/IS offline (--features classifier:PATH)."""
+    from .config import DataConfig
+    from .data import load_data
+    from .evaluate import classifier_folder_for, train_and_save_classifier
+
+    cfg = DataConfig(name=data, image_size=image_size, channels=channels, root=data_root)
+    folder = out or classifier_folder_for(cfg)
+    info = train_and_save_classifier(load_data(cfg), folder, epochs=epochs, seed=seed)
+    typer.echo(f"test accuracy {info['test_accuracy']:.4f}; saved to {folder} (use --features classifier:{folder})")
+
+
+def _load_for_use(run: Path, device: str):
+    from . import load
+
+    return load(run, device=device)
+
+
+@app.command()
+@user_errors
+def interpolate(
+    run: Path = typer.Argument(..., help="run folder"),
+    start: str = typer.Option(..., "--from", help="an image file, a test-set index, or seed:N"),
+    end: str = typer.Option(..., "--to", help="an image file, a test-set index, or seed:N"),
+    steps: int = typer.Option(10, "--steps"),
+    spherical: bool = typer.Option(False, "--slerp", help="spherical instead of linear interpolation"),
+    out: Path = typer.Option(Path("interpolation.png"), "--out", "-o", help="grid PNG; a GIF is written beside it"),
+    device: str = typer.Option("cpu", "--device"),
+):
+    """Decode the path between two latents: a grid PNG and an animated GIF."""
+    import torch
+
+    from .data import load_data
+    from .latent import interpolate as interp, resolve_latent, save_gif, save_grid
+
+    model = _load_for_use(run, device)
+    split = load_data(model.run_config.data).test if model.has_encoder else None
+    za, xa, ya = resolve_latent(model, start, split)
+    zb, xb, yb = resolve_latent(model, end, split)
+    label = ya if ya is not None else (0 if model.is_conditional else None)
+    frames = interp(model, za, zb, max(2, steps), spherical, label)
+    row = [f for f in frames]
+    if xa is not None and xb is not None:  # the inputs at both ends, for comparison with the decoded end points
+        row = [xa, *row, xb]
+    save_grid(torch.stack(row), out, nrow=len(row))
+    gif = out.with_suffix(".gif")
+    save_gif(frames, gif)
+    typer.echo(f"wrote {out} and {gif} ({len(frames)} steps, {'slerp' if spherical else 'linear'})")
+
+
+@app.command()
+@user_errors
+def attributes(
+    run: Path = typer.Argument(..., help="run folder"),
+    labels: Optional[str] = typer.Option(None, "--labels", help="CSV of attributes (folder datasets)"),
+    device: str = typer.Option("cpu", "--device"),
+):
+    """Store attribute vectors (mean latent with minus without) in the run folder, from the data's attributes or classes."""
+    from .latent import compute_attribute_vectors
+
+    model = _load_for_use(run, device)
+    info = compute_attribute_vectors(model, run, labels)
+    typer.echo(f"{len(info['attributes'])} attribute vectors saved in {run}: {', '.join(info['attributes'][:12])}"
+               + (" ..." if len(info["attributes"]) > 12 else ""))
+
+
+@app.command()
+@user_errors
+def edit(
+    run: Path = typer.Argument(..., help="run folder with attribute vectors (`vaelab attributes`)"),
+    image: str = typer.Option(..., "--image", help="an image file or a test-set index"),
+    attr: List[str] = typer.Option(..., "--attr", help="NAME=STRENGTH, e.g. --attr Smiling=+1.5 (repeatable)"),
+    out: Path = typer.Option(Path("edited.png"), "--out", "-o", help="original | edited; a strength sweep beside it"),
+    device: str = typer.Option("cpu", "--device"),
+):
+    """Edit an image by latent arithmetic along attribute vectors, and write a strength sweep."""
+    import torch
+
+    from .data import load_data
+    from .latent import edit as edit_latent, load_attribute_vectors, resolve_latent, save_grid, strength_sweep
+
+    model = _load_for_use(run, device)
+    vectors = load_attribute_vectors(run)
+    strengths = {}
+    for item in attr:
+        if "=" not in item:
+            _fail(f"--attr {item!r}: write NAME=STRENGTH, e.g. --attr class_8=1.5")
+        name, value = item.split("=", 1)
+        try:
+            strengths[name] = float(value)
+        except ValueError:
+            _fail(f"--attr {item!r}: the strength must be a number")
+    z, x, _ = resolve_latent(model, image, load_data(model.run_config.data).test)
+    edited = edit_latent(model, z, vectors, strengths)
+    with torch.no_grad():
+        recon = model.decode(z[None].to(model.device)).float().cpu()
+    save_grid(torch.cat([x[None], recon, edited]), out, nrow=3)
+    first = next(iter(strengths))
+    sweep_path = out.with_name(out.stem + "-sweep.png")
+    save_grid(strength_sweep(model, z, vectors, first), sweep_path, nrow=8)
+    typer.echo(f"wrote {out} (input | reconstruction | edited) and {sweep_path} ({first} from -2 to +2)")
+
+
+@app.command()
+@user_errors
+def anomaly(
+    run: Path = typer.Argument(..., help="run folder"),
+    images: Optional[Path] = typer.Option(None, "--images", help="a folder of images to score"),
+    data: Optional[str] = typer.Option(None, "--data", help="score a dataset's test split instead (e.g. mnist5k)"),
+    anomalous_classes: Optional[str] = typer.Option(None, "--anomalous-classes", help="with --data: these classes are the anomalies, e.g. 9"),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="with --images: CSV of file, label (1 = anomalous)"),
+    score: str = typer.Option("elbo", "--score", help="elbo (negative ELBO) | iwae (negative IWAE estimate)"),
+    k: int = typer.Option(100, "--k", help="importance samples for --score iwae"),
+    out: Path = typer.Option(Path("anomaly_scores.csv"), "--out", "-o", help="CSV of per-image scores; a histogram beside it"),
+    device: str = typer.Option("cpu", "--device"),
+):
+    """Score images by how unlikely the model finds them; with labels, report the ROC-AUC."""
+    import csv as csv_module
+
+    import torch
+
+    from .config import DataConfig
+    from .data import first_images, load_data, read_image_files
+    from .latent import anomaly_scores, plot_histogram, roc_auc, write_scores
+
+    if score not in ("elbo", "iwae"):
+        _fail("--score must be elbo or iwae")
+    model = _load_for_use(run, device)
+    truth = None
+    if images is not None:
+        x, files = read_image_files(images, model.config.channels, model.config.image_size)
+        names = [str(f.relative_to(images)) for f in files]
+        if labels is not None:
+            table = {row[0]: int(row[1]) for row in list(csv_module.reader(open(labels)))[1:] if len(row) >= 2}
+            missing = [n for n in names if n not in table and Path(n).name not in table]
+            if missing:
+                _fail(f"{labels} has no label for {len(missing)} image(s), e.g. {missing[:3]}")
+            truth = torch.tensor([table.get(n, table.get(Path(n).name)) for n in names])
+    elif data is not None:
+        base = model.run_config.data
+        split = load_data(DataConfig(name=data, image_size=model.config.image_size, channels=model.config.channels,
+                                     root=base.root)).test
+        x = first_images(split, len(split))
+        names = [f"{data}:test:{i}" for i in range(len(x))]
+        if anomalous_classes is not None:
+            bad = torch.tensor([int(c) for c in anomalous_classes.split(",")])
+            truth = torch.isin(split.labels, bad).long()
+    else:
+        _fail("give --images DIR or --data NAME")
+    scores = anomaly_scores(model, x, score, k)
+    write_scores(out, names, scores, truth)
+    plot_histogram(scores, out.with_suffix(".png"), truth)
+    line = f"scored {len(x)} images ({score}) -> {out}"
+    if truth is not None and 0 < int(truth.sum()) < len(truth):
+        line += f"; ROC-AUC {roc_auc(scores, truth):.4f} ({int(truth.sum())} anomalous, {len(truth) - int(truth.sum())} normal)"
+    typer.echo(line)
+
+
+@app.command("latent-map")
+@user_errors
+def latent_map(
+    run: Path = typer.Argument(..., help="run folder"),
+    out: Path = typer.Option(Path("latent_map"), "--out", "-o", help="folder for manifold.png and scatter.png"),
+    method: str = typer.Option("pca", "--method", help="pca | tsne, for latents of more than 2 dimensions"),
+    label: Optional[int] = typer.Option(None, "--label", help="the class of the manifold grid (conditional models)"),
+    device: str = typer.Option("cpu", "--device"),
+):
+    """Draw the latent space: the decoded manifold for a 2-D latent and a scatter of test encodings by class."""
+    from .data import first_images, load_data
+    from .latent import encode_all, latent_scatter, manifold_grid, save_grid
+
+    model = _load_for_use(run, device)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if model.config.latent_dim == 2:
+        lab = label if label is not None else (0 if model.is_conditional else None)
+        save_grid(manifold_grid(model, 20, lab), out / "manifold.png", nrow=20)
+        written.append("manifold.png")
+    if model.has_encoder:
+        split = load_data(model.run_config.data).test
+        z = encode_all(model, first_images(split, len(split)), split.labels)
+        how = latent_scatter(z, split.labels, out / "scatter.png", method)
+        written.append(f"scatter.png ({how})")
+    typer.echo(f"wrote {', '.join(written)} to {out}")
 
 
 @app.command()

@@ -39,6 +39,7 @@ class DataConfig:
     download: bool = False  # nothing is downloaded unless this is true
     labels_csv: str | None = None  # folder datasets: CSV of file name, then integer or 0/1 columns
     strict: bool = False  # folder datasets: a corrupt file is an error instead of a counted warning
+    include_classes: list[int] | None = None  # keep only these class labels (train on "normal" data for anomaly scores)
     in_memory_limit_gb: float = 2.0  # datasets smaller than this (as uint8) are decoded once into a tensor
     num_workers: int = 2  # DataLoader workers for datasets that stream from disk
 

@@ -479,6 +479,29 @@ def _lsun(category: str, cfg: DataConfig) -> DataSplits:
 
 def load_data(cfg: DataConfig) -> DataSplits:
     """Load the dataset named by ``cfg.name``. Raises DataError with the fix when it cannot."""
+    data = _load_source(cfg)
+    if cfg.include_classes is not None:
+        data = _keep_classes(data, cfg.include_classes)
+    return data
+
+
+def _keep_classes(data: DataSplits, keep: list[int]) -> DataSplits:
+    """Only the images whose label is in ``keep`` (labels keep their original numbers)."""
+    if data.train.labels is None:
+        raise DataError(f"data.include_classes needs class labels, and {data.description} has none")
+    for part in ("train", "test"):
+        split = getattr(data, part)
+        if split.images is None:
+            raise DataError("data.include_classes works on datasets held in memory")
+        mask = torch.isin(split.labels, torch.tensor(keep))
+        setattr(data, part, _subset(split.images, split.labels, split.attributes, mask.nonzero().flatten()))
+    if len(data.train) == 0:
+        raise DataError(f"data.include_classes={keep} keeps no images; classes are 0..{data.num_classes - 1}")
+    data.description += f", classes {keep} only"
+    return data
+
+
+def _load_source(cfg: DataConfig) -> DataSplits:
     name = cfg.name
     if name == "mnist5k":
         return load_mnist5k(cfg)

@@ -224,7 +224,18 @@ class Trainer:
         if state.get("rng_cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
 
+    def sync_buffers(self) -> None:
+        """Average floating buffers (BatchNorm running statistics) across processes; parameters are kept equal by
+        the gradient average, but each process's statistics come from its own shard."""
+        if self.world == 1:
+            return
+        for buffer in self.model.buffers():
+            if buffer.is_floating_point():
+                torch.distributed.all_reduce(buffer)
+                buffer /= self.world
+
     def save_checkpoint(self) -> None:
+        self.sync_buffers()
         if self.is_main:
             self.run.save_checkpoint(self._state(), self.pos.step, self.cfg.train.keep_checkpoints)
 
@@ -279,9 +290,11 @@ class Trainer:
         self.run.samples_dir.mkdir(parents=True, exist_ok=True)
         self.model.eval()
         y = None
-        if self.model.is_conditional:
-            y = (torch.arange(n) % self.model.config.num_classes).to(self.device)
-            nrow = self.model.config.num_classes
+        if self.model.is_conditional:  # whole rows: one column per class
+            k = self.model.config.num_classes
+            n = max(1, math.ceil(n / k)) * k
+            y = (torch.arange(n) % k).to(self.device)
+            nrow = k
         samples = self.model.sample(n, y=y, generator=torch.Generator().manual_seed(self.cfg.train.seed))
         save_image(samples.float().cpu(), self.run.samples_dir / f"{tag}-samples.png", nrow=nrow, padding=1)
         if self.model.has_encoder:
@@ -326,7 +339,8 @@ class Trainer:
         self.model.train()
         finished_reason = "epochs"
         window: dict[str, torch.Tensor] = {}
-        window_steps, window_images, window_time = 0, 0, 0.0
+        counts: dict[str, int] = {}  # a term may be logged on some steps only (a generator every n_critic steps)
+        window_images, window_time = 0, 0.0
         epoch_images, epoch_time = 0, 0.0
         throughput = None
         while self.pos.epoch < t.epochs:
@@ -352,7 +366,7 @@ class Trainer:
                 self.pos.batch += 1
                 for key, value in losses.items():
                     window[key] = window.get(key, 0.0) + value.float()
-                window_steps += 1
+                    counts[key] = counts.get(key, 0) + 1
                 window_images += batch["x"].shape[0] * self.world
                 now = time.perf_counter()
                 self.elapsed += now - tick
@@ -361,12 +375,12 @@ class Trainer:
                 epoch_time += now - tick
                 bar.update(1)
                 if self.pos.step % t.log_every == 0:
-                    row = {k: float(v) / window_steps for k, v in window.items()}
+                    row = {k: float(v) / counts[k] for k, v in window.items()}
                     throughput = window_images / max(window_time, 1e-9)
                     self.log({"event": "step", "step": self.pos.step, "epoch": self.pos.epoch + 1, **row,
                               "images_per_s": throughput})
                     bar.set_postfix({**{k: f"{v:.4g}" for k, v in row.items()}, "img/s": f"{throughput:.0f}"})
-                    window, window_steps, window_images, window_time = {}, 0, 0, 0.0
+                    window, counts, window_images, window_time = {}, {}, 0, 0.0
                 if t.checkpoint_every_steps and self.pos.step % t.checkpoint_every_steps == 0:
                     self.save_checkpoint()
                 if stop["signal"]:
@@ -394,6 +408,7 @@ class Trainer:
     def _end_of_epoch(self, images_per_s: float) -> None:
         t = self.cfg.train
         e = self.pos.epoch
+        self.sync_buffers()
         row = {"event": "epoch", "step": self.pos.step, "epoch": e, "images_per_s": images_per_s}
         metrics = self.test_elbo(t.eval_images)
         if metrics:
@@ -425,12 +440,16 @@ class Trainer:
             "device": str(self.device),
             "processes": self.world,
         }
+        self.sync_buffers()
         metrics = self.test_elbo(10_000)
         if metrics:
             summary.update(metrics)
         if self.is_main:
             self.run.save_weights(self.model)
             atomic_write_text(self.run.summary_path, json.dumps(summary, indent=2) + "\n")
+            from .plots import plot_training_curves
+
+            plot_training_curves(self.run.read_metrics(), self.run.path / "curves.png")
             self.log({"event": "end", "step": self.pos.step, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}})
         return summary
 

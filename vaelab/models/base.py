@@ -34,7 +34,7 @@ def register(name: str):
 
 
 def _ensure_models_imported() -> None:
-    from . import cvae, gans, ssim_vae, vae  # noqa: F401  (registration happens on import)
+    from . import avae, cvae, gans, gvae, ssim_vae, vae, vaegan  # noqa: F401  (registration happens on import)
 
 
 def model_names() -> list[str]:

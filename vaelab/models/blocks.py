@@ -91,3 +91,73 @@ def one_hot_channels(y: torch.Tensor, num_classes: int, size: int) -> torch.Tens
     """Labels (B,) -> constant one-hot planes (B, num_classes, size, size), to concatenate to an image."""
     onehot = nn.functional.one_hot(y, num_classes).float()
     return onehot[:, :, None, None].expand(-1, -1, size, size)
+
+
+class ResBlock(nn.Module):
+    """conv3x3, BN, ReLU, conv3x3 (+ dropout when set) with a shortcut (1x1 conv when widths differ). GVAE Table 1/2."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str = "batch", dropout: float = 0.0):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, 1, 1, bias=norm != "batch"), norm_2d(norm, c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1), nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+        )
+        self.shortcut = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x):
+        return self.shortcut(x) + self.body(x)
+
+
+def began_levels(image_size: int, levels: int) -> int:
+    """The base size of a BEGAN-style stack with ``levels`` factor-2 resamplings; the size must divide evenly."""
+    base = image_size // 2**levels
+    if levels < 0 or base < 2 or base * 2**levels != image_size:
+        raise ConfigError(
+            f"image size {image_size} cannot be halved {levels} times down to an integer size >= 2; "
+            f"set model.levels so that image_size / 2^levels is a whole number (28 px: levels=2; 64 px: 3)"
+        )
+    return base
+
+
+class BeganEncoder(nn.Module):
+    """x (B, C, S, S) -> code (B, code_dim): BEGAN layout, 3x3 convs with ELU, no BatchNorm, strided subsampling.
+
+    Widths grow n, 2n, 3n, ... per level (Berthelot et al. 2017, fig. 1).
+    """
+
+    def __init__(self, channels: int, image_size: int, n: int, levels: int, code_dim: int):
+        super().__init__()
+        base = began_levels(image_size, levels)
+        layers: list[nn.Module] = [nn.Conv2d(channels, n, 3, 1, 1), nn.ELU()]
+        c = n
+        for level in range(levels + 1):
+            width = n * (level + 1)
+            layers += [nn.Conv2d(c, width, 3, 1, 1), nn.ELU(), nn.Conv2d(width, width, 3, 1, 1), nn.ELU()]
+            c = width
+            if level < levels:  # strided subsampling to the next level's width
+                layers += [nn.Conv2d(c, n * (level + 2), 3, 2, 1), nn.ELU()]
+                c = n * (level + 2)
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.fc = nn.Linear(c * base * base, code_dim)
+
+    def forward(self, x):
+        return self.fc(self.net(x))
+
+
+class BeganDecoder(nn.Module):
+    """code (B, code_dim) -> (B, C, S, S) raw output: FC to n x b x b, then 3x3 conv/ELU pairs with nearest upsampling."""
+
+    def __init__(self, code_dim: int, channels: int, image_size: int, n: int, levels: int):
+        super().__init__()
+        self.base = began_levels(image_size, levels)
+        self.n = n
+        self.fc = nn.Linear(code_dim, n * self.base * self.base)
+        layers: list[nn.Module] = []
+        for level in range(levels + 1):
+            layers += [nn.Conv2d(n, n, 3, 1, 1), nn.ELU(), nn.Conv2d(n, n, 3, 1, 1), nn.ELU()]
+            if level < levels:
+                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        self.net = nn.Sequential(*layers, nn.Conv2d(n, channels, 3, 1, 1))
+
+    def forward(self, code):
+        return self.net(self.fc(code).view(-1, self.n, self.base, self.base))

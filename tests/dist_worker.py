@@ -1,0 +1,47 @@
+"""Run under torchrun by test_distributed.py: trains a tiny VAE and records, per rank and step, the data indices
+it saw and a checksum of its parameters. On ranks other than 0 every run-folder write raises."""
+
+import json
+import sys
+
+import torch
+
+from vaelab.config import load_config
+from vaelab.run import RunFolder
+from vaelab.train import Trainer
+
+
+def main(out, record, batch_size, steps):
+    rank = int(__import__("os").environ.get("RANK", 0))
+    if rank != 0:
+        def forbidden(*args, **kwargs):
+            raise AssertionError(f"rank {rank} wrote to the run folder")
+
+        for name in ("save_checkpoint", "save_weights", "write_config"):
+            setattr(RunFolder, name, forbidden)
+    cfg = load_config(overrides=[
+        "model.widths=[8, 16]", "model.latent_dim=4", "model.norm=none", f"train.batch_size={batch_size}",
+        # sigma = exp(-15): z = mu, so the per-process reparameterisation noise cannot tell the runs apart
+        "model.logvar_min=-30", "model.logvar_max=-30",
+        f"train.max_steps={steps}", "train.log_every=1", "train.tensorboard=false", "train.num_sample_images=4",
+        "train.device=cpu", "train.checkpoint_every_steps=2"])
+    trainer = Trainer(cfg, out, progress=False)
+    if rank == 0:
+        torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{record}-init.pt")
+    seen = []
+    step_fn = trainer.model.training_step
+
+    def recording_step(batch, ctx):
+        losses = step_fn(batch, ctx)
+        checksum = sum(float(p.double().sum()) for p in trainer.model.parameters())
+        seen.append({"indices": batch["index"].tolist(), "checksum": checksum})
+        return losses
+
+    trainer.model.training_step = recording_step
+    trainer.fit()
+    with open(f"{record}-rank{rank}.json", "w") as fh:
+        json.dump({"world": trainer.world, "steps": seen}, fh)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

@@ -1,0 +1,52 @@
+"""Two CPU processes under torchrun (gloo): identical weights, disjoint shards, rank 0 alone writes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+
+def _run(nproc, out, record, batch, steps):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(29500 + nproc + (os.getpid() % 1000)), str(WORKER), str(out), str(record), str(batch), str(steps)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path):
+    _run(2, tmp_path / "two", tmp_path / "two", batch=50, steps=6)
+    ranks = [json.loads((tmp_path / f"two-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world"] == 2 for r in ranks)
+    for a, b in zip(ranks[0]["steps"], ranks[1]["steps"]):
+        assert a["checksum"] == pytest.approx(b["checksum"], rel=1e-9, abs=1e-9)  # identical weights every step
+        assert not set(a["indices"]) & set(b["indices"])  # different shards
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["event"] == "step"] == [1, 2, 3, 4, 5, 6]  # one writer: no duplicates
+
+    _run(1, tmp_path / "one", tmp_path / "one", batch=100, steps=6)
+    one = json.loads((tmp_path / "one-rank0.json").read_text())
+    for s1, s0, s2 in zip(one["steps"], ranks[0]["steps"], ranks[1]["steps"]):
+        assert sorted(s1["indices"]) == sorted(s0["indices"] + s2["indices"])  # the same global batches
+    # The same data, the gradient average, and no sampling noise (the worker pins sigma near 0): the updates
+    # (final - initial weights) must match the 1-process doubled batch up to float reduction order, and be far
+    # closer than a run on one process with the single batch.
+    _run(1, tmp_path / "half", tmp_path / "half", batch=50, steps=6)
+
+    def update(name):
+        init = torch.load(tmp_path / f"{name}-init.pt", weights_only=True)
+        final = load_file(tmp_path / name / "model.safetensors")
+        return torch.cat([(final[k] - init[k]).flatten() for k in final if final[k].is_floating_point()])
+
+    two, one, half = update("two"), update("one"), update("half")
+    close = float((two - one).norm() / one.norm())
+    far = float((half - one).norm() / one.norm())
+    assert close < 1e-3 and far > 0.05, (close, far)

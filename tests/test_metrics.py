@@ -1,0 +1,141 @@
+"""Evaluation metrics against their definitions and against torch-fidelity."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vaelab.losses import gaussian_nll
+from vaelab.metrics import samples as sm
+from vaelab.models.base import GaussianLatentModel
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_matches_torch_fidelity():
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    torch.manual_seed(0)
+    a = torch.randn(400, 8)
+    b = torch.randn(400, 8) * 1.3 + 0.5
+    assert sm.fid(a, a) == pytest.approx(0.0, abs=1e-6)
+    ref = fid_statistics_to_metric(fid_features_to_statistics(a.double()), fid_features_to_statistics(b.double()), False)["frechet_inception_distance"]
+    assert sm.fid(a, b) == pytest.approx(ref, rel=1e-5)
+
+
+def test_kid_matches_torch_fidelity_formula():
+    from torch_fidelity.metric_kid import kernel_mmd
+
+    torch.manual_seed(0)
+    a, b = torch.randn(200, 6), torch.randn(200, 6) + 0.3
+    # one subset holding every sample: the subset draw is a permutation, so both must agree exactly
+    ours = sm.kid(a, b, subsets=1, subset_size=200)["kid"]
+    ref = kernel_mmd(a.double().numpy(), b.double().numpy(), kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
+                     kid_kernel_poly_coef0=1, kid_kernel="poly")
+    assert ours == pytest.approx(float(ref), rel=1e-6)
+    same = sm.kid(a, a, subsets=50, subset_size=100)["kid"]
+    shifted = sm.kid(a, a + 1.0, subsets=50, subset_size=100)["kid"]
+    assert abs(same) < 0.05 * shifted  # unbiased: zero in expectation for identical sets
+
+
+def test_inception_score_bounds():
+    uniform_classes = torch.eye(10).repeat(20, 1) * 50  # confident and balanced: IS -> 10
+    assert sm.inception_score(uniform_classes, splits=1)["is"] == pytest.approx(10.0, rel=1e-3)
+    collapsed = torch.zeros(200, 10)
+    collapsed[:, 3] = 50  # one class only: IS -> 1
+    assert sm.inception_score(collapsed, splits=2)["is"] == pytest.approx(1.0, rel=1e-3)
+
+
+def test_mmd_is_zero_for_identical_sets_and_grows_with_a_mean_shift():
+    torch.manual_seed(0)
+    x = torch.randn(300, 5)
+    same = sm.mmd(x, x)
+    assert abs(same["mmd2"]) < 1e-2 and same["bandwidth"] > 0
+    values = [sm.mmd(x, torch.randn(300, 5) + shift, bandwidth=same["bandwidth"])["mmd2"] for shift in (0.0, 0.5, 1.0, 2.0)]
+    assert abs(values[0]) < 0.02
+    assert values == sorted(values) and values[-1] > 0.3
+
+
+def test_ms_ssim_settings_adapt_to_size_and_identity_is_one():
+    assert sm.ms_ssim_settings(28) == (3, 7)
+    assert sm.ms_ssim_settings(64)[0] == 4
+    scales, window = sm.ms_ssim_settings(176)
+    assert (scales, window) == (5, 11)
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 28, 28)
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as ms_ssim
+
+    assert float(ms_ssim(x, x, kernel_size=7, betas=(0.2, 0.3, 0.5), data_range=1.0)) == pytest.approx(1.0, abs=1e-5)
+    same = sm.ms_ssim_diversity(x[:1].expand(10, -1, -1, -1).contiguous(), pairs=20)
+    assert same["ms_ssim"] == pytest.approx(1.0, abs=1e-5) and same["ms_ssim_scales"] == 3
+    assert sm.ms_ssim_diversity(torch.rand(10, 1, 28, 28), pairs=20)["ms_ssim"] < 0.3
+
+
+def test_precision_recall_identical_sets_and_mode_collapse():
+    torch.manual_seed(0)
+    real = torch.randn(300, 4)
+    pr = sm.precision_recall(real, real.clone())
+    assert pr["precision"] == 1.0 and pr["recall"] == 1.0
+    collapsed = real[:1].repeat(300, 1) + 0.01 * torch.randn(300, 4)
+    pr = sm.precision_recall(real, collapsed)
+    assert pr["recall"] < 0.1 and pr["precision"] > 0.9  # one mode: realistic but covers nothing
+    blurry = real * 0.0 + 5.0 + torch.randn(300, 4)  # off the data manifold
+    assert sm.precision_recall(real, blurry)["precision"] < 0.1
+
+
+def test_class_coverage_and_sharpness():
+    logits = torch.zeros(100, 10)
+    logits[torch.arange(100), torch.arange(100) % 3] = 5  # classes 0, 1, 2 only
+    cc = sm.class_coverage(logits, 10)
+    assert cc["classes_present"] == 3 and sum(cc["class_histogram"]) == 100
+    assert cc["class_entropy_bits"] == pytest.approx(math.log2(3), rel=0.02)
+    sharp = (torch.arange(16).view(1, 1, 4, 4) % 2).float().expand(2, 1, 4, 4)
+    assert sm.sharpness(sharp) > sm.sharpness(torch.full((2, 1, 4, 4), 0.5)) == 0.0
+
+
+class PPCA(GaussianLatentModel):
+    """x = W z + b + noise, z ~ N(0, I): log p(x) = log N(x | b, W W^T + s^2 I) is known in closed form.
+
+    The encoder is deliberately not the exact posterior (its variance is inflated), so the ELBO is loose and the
+    importance-weighted bound has room to tighten towards log p(x).
+    """
+
+    def __init__(self, d=6, k=2, noise=0.5):
+        nn.Module.__init__(self)
+        self.config = type("C", (), {"latent_dim": k, "channels": 1, "image_size": d})()
+        g = torch.Generator().manual_seed(0)
+        self.W = nn.Parameter(torch.randn(d, k, generator=g))
+        self.b = nn.Parameter(torch.randn(d, generator=g) * 0.1)
+        self.noise = noise
+        self.dummy = nn.Linear(1, 1)
+
+    def encode(self, x, y=None):
+        xf = x.flatten(1) - self.b
+        s2 = self.noise**2
+        precision = torch.eye(self.W.shape[1]) + self.W.T @ self.W / s2
+        cov = torch.linalg.inv(precision)
+        mu = xf @ self.W @ cov.T / s2
+        logvar = torch.log(torch.diagonal(cov) * 3.0).expand_as(mu)  # exact mean, 3x inflated variance
+        return mu, logvar
+
+    def decoder_output(self, z, y=None):
+        return (z @ self.W.T + self.b).view(-1, 1, 1, self.W.shape[0])
+
+    def nll(self, output, x):
+        return gaussian_nll(output, x.view_as(output), math.log(self.noise**2))
+
+    def exact_log_px(self, x):
+        cov = self.W @ self.W.T + self.noise**2 * torch.eye(self.W.shape[0])
+        return torch.distributions.MultivariateNormal(self.b, cov).log_prob(x.flatten(1))
+
+
+def test_iwae_bounds_ordering_and_closed_form_on_ppca():
+    torch.manual_seed(1)
+    model = PPCA()
+    x = model.decoder_output(torch.randn(64, 2)).detach() + model.noise * torch.randn(64, 1, 1, 6)
+    exact = model.exact_log_px(x).mean().item()
+    elbo = model.elbo(x)["elbo"].mean().item()
+    iwae = {k: model.log_likelihood(x, k).mean().item() for k in (1, 10, 100, 2000)}
+    assert elbo < exact and iwae[2000] <= exact + 0.05
+    assert iwae[10] >= elbo and iwae[10] < iwae[100] < iwae[2000]  # tightens as K grows
+    assert iwae[2000] == pytest.approx(exact, abs=0.05)
+    assert iwae[1] == pytest.approx(elbo, abs=0.3)  # K = 1 is the ELBO (up to sampling noise)

@@ -1,0 +1,144 @@
+"""``vaelab compare``: one report over several evaluated runs (Markdown, self-contained HTML, CSV, plots)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import shutil
+from pathlib import Path
+
+from .errors import VaelabError
+from .evaluate import _fmt, better, headline
+from .run import RunFolder, atomic_write_text
+
+
+def _load_eval(run: Path) -> dict:
+    path = run / "eval" / "metrics.json"
+    if not path.is_file():
+        raise VaelabError(f"{run} has not been evaluated (no eval/metrics.json); run `vaelab evaluate {run}` first")
+    return json.loads(path.read_text())
+
+
+def _settings_of(result: dict) -> dict:
+    """The measurement settings two numbers must share to be compared."""
+    lik = result.get("likelihood", {}).get("settings", {})
+    spaces = result.get("sample_metrics", {}).get("features", {})
+    return {
+        "split": result.get("split"), "samples": result.get("samples"), "real_images": result.get("real_images"),
+        "importance_samples": lik.get("importance_samples"), "binarized": lik.get("binarized"),
+        "feature_spaces": sorted(spaces),
+    }
+
+
+def _best(values: list, higher: bool | None) -> set[int]:
+    scored = [(i, v) for i, v in enumerate(values) if isinstance(v, (int, float))]
+    if higher is None or len(scored) < 2:
+        return set()
+    target = max(v for _, v in scored) if higher else min(v for _, v in scored)
+    return {i for i, v in scored if v == target}
+
+
+def compare(runs: list[str | Path], out: str | Path) -> Path:
+    runs = [Path(r) for r in runs]
+    if not runs:
+        raise VaelabError("give at least one run folder to compare")
+    for r in runs:
+        RunFolder(r).require()
+    results = [_load_eval(r) for r in runs]
+    names = [r.name for r in runs]
+    rows = [headline(res) for res in results]
+    metrics = []
+    for row in rows:
+        metrics += [m for m in row if m not in metrics]
+    out = Path(out)
+    (out / "grids").mkdir(parents=True, exist_ok=True)
+
+    with open(out / "metrics.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["run", *metrics])
+        for name, row in zip(names, rows):
+            writer.writerow([name, *[row.get(m, "") for m in metrics]])
+
+    best = {m: _best([row.get(m) for row in rows], better(m)) for m in metrics}
+    settings = [_settings_of(res) for res in results]
+    mismatched = sorted({k for s in settings for k in s if any(t.get(k) != s.get(k) for t in settings)})
+
+    for name, run in zip(names, runs):
+        for src, suffix in ((run / "eval" / "samples.png", "samples"), (run / "curves.png", "curves")):
+            if src.is_file():
+                shutil.copy(src, out / "grids" / f"{name}-{suffix}.png")
+    _bar_charts(names, rows, metrics, out / "metrics.png")
+
+    md = ["# Comparison", "", f"{len(runs)} runs: " + ", ".join(f"`{r}`" for r in runs), "",
+          "Best value per metric in **bold** (lower is better for FID, KID, MMD, MS-SSIM, MSE and bits/dim).", ""]
+    if mismatched:
+        md += [f"**Warning:** the runs were measured with different settings ({', '.join(mismatched)}); "
+               "numbers in those columns are not comparable.", ""]
+    md += ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for m in metrics:
+        cells = [(f"**{_fmt(row[m])}**" if i in best[m] else _fmt(row[m])) if m in row else "" for i, row in enumerate(rows)]
+        md.append(f"| {m} | " + " | ".join(cells) + " |")
+    md += ["", "![metrics](metrics.png)", "", "## Samples", ""]
+    md += [f"**{n}**\n\n![{n}](grids/{n}-samples.png)\n" for n in names if (out / "grids" / f"{n}-samples.png").is_file()]
+    md += ["## Training curves", ""]
+    md += [f"**{n}**\n\n![{n}](grids/{n}-curves.png)\n" for n in names if (out / "grids" / f"{n}-curves.png").is_file()]
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    atomic_write_text(out / "report.html", _html(names, rows, metrics, best, mismatched, out))
+    return out
+
+
+def _bar_charts(names, rows, metrics, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in metrics if sum(isinstance(r.get(m), (int, float)) for r in rows) >= 1][:16]
+    if not shown:
+        return
+    cols = min(4, len(shown))
+    nrows = (len(shown) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.6 * nrows), squeeze=False)
+    for ax, m in zip(axes.flat, shown):
+        values = [r.get(m, 0) or 0 for r in rows]
+        ax.bar(range(len(names)), values, color="#4878a8")
+        ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=7)
+        ax.set_title(m, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _img(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+
+
+def _html(names, rows, metrics, best, mismatched, out: Path) -> str:
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    body = []
+    for m in metrics:
+        cells = []
+        for i, row in enumerate(rows):
+            text = html.escape(_fmt(row[m])) if m in row else ""
+            cells.append(f"<td><b>{text}</b></td>" if i in best[m] else f"<td>{text}</td>")
+        body.append(f"<tr><th>{html.escape(m)}</th>{''.join(cells)}</tr>")
+    warn = (f"<p class=warn>Measured with different settings ({html.escape(', '.join(mismatched))}): "
+            "those columns are not comparable.</p>") if mismatched else ""
+    grids = "".join(f"<figure>{_img(out / 'grids' / f'{n}-samples.png')}<figcaption>{html.escape(n)}</figcaption></figure>" for n in names)
+    curves = "".join(f"<figure>{_img(out / 'grids' / f'{n}-curves.png')}<figcaption>{html.escape(n)}</figcaption></figure>" for n in names)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>vaelab comparison</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+figure{{display:inline-block;margin:0.5em}}img{{image-rendering:pixelated;max-width:480px}}.warn{{color:#a40}}</style></head><body>
+<h1>Comparison</h1><p>Best value per metric in bold.</p>{warn}
+<table><tr><th>metric</th>{head}</tr>{''.join(body)}</table>
+<h2>Metrics</h2>{_img(out / 'metrics.png')}
+<h2>Samples</h2>{grids}<h2>Training curves</h2>{curves}</body></html>
+"""

@@ -1,0 +1,276 @@
+"""``vaelab evaluate``: every metric of the field for one run, with the settings each was measured with.
+
+Reads the run folder (model + config naming its data) and writes RUN/eval/metrics.json, RUN/eval/report.md and
+plots. Feature spaces: ``auto`` uses a domain classifier for labelled data (trained once into
+``classifiers/<data>/`` if none is given), Inception when its weights are on disk, and pixels always.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from .data import first_images, load_data
+from .errors import VaelabError
+from .metrics import features as feats
+from .metrics import samples as sm
+from .metrics.likelihood import likelihood_metrics
+from .run import RunFolder, atomic_write_text, load
+
+
+def classifier_folder_for(data_cfg) -> Path:
+    key = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_cfg.name).strip("_")
+    size = f"-{data_cfg.image_size}px" if data_cfg.image_size else ""
+    return Path("classifiers") / f"{key}{size}"
+
+
+def train_and_save_classifier(data, out: Path, epochs: int = 10, seed: int = 0, progress: bool = True) -> dict:
+    """Train the domain classifier on a dataset's train split, test it on the test split, save it to ``out``."""
+    if data.train.labels is None or data.num_classes < 2:
+        raise VaelabError(f"{data.description} has no class labels, so no domain classifier can be trained; "
+                          "use --features inception (with local weights) or pixels")
+    x_train, x_test = first_images(data.train, len(data.train)), first_images(data.test, len(data.test))
+    if progress:
+        print(f"training a domain classifier on {len(x_train)} images ({epochs} epochs) -> {out}", flush=True)
+    model, info = feats.train_classifier(x_train, data.train.labels, data.num_classes, epochs=epochs, seed=seed,
+                                         x_test=x_test, y_test=data.test.labels)
+    info["data"] = data.description
+    feats.save_classifier(model, out, info)
+    return info
+
+
+def _resolve_features(specs: list[str], run_cfg, data, inception_weights, download, progress) -> list:
+    extractors = []
+    for spec in specs:
+        if spec == "auto":
+            if data.train.labels is not None and data.num_classes >= 2:
+                folder = classifier_folder_for(run_cfg.data)
+                if not (folder / "classifier.json").is_file():
+                    train_and_save_classifier(data, folder, progress=progress)
+                extractors.append(feats.ClassifierExtractor(folder))
+            if feats.inception_weights_path(inception_weights) is not None or download:
+                extractors.append(feats.InceptionExtractor(inception_weights, download))
+        else:
+            extractors.append(feats.make_extractor(spec, inception_weights, download))
+    return extractors
+
+
+@torch.no_grad()
+def generate(model, n: int, seed: int, num_classes: int, batch: int = 500):
+    """n samples (float (n, C, H, W) in [0, 1]) and their labels for conditional models (uniform over classes)."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes if model.is_conditional else None
+    chunks = []
+    for i in range(0, n, batch):
+        y = None if labels is None else labels[i : i + batch].to(model.device)
+        chunks.append(model.sample(min(batch, n - i), y=y, generator=gen).float().cpu())
+    return torch.cat(chunks), labels
+
+
+def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10) -> dict:
+    """Classification accuracy score (train on generated, test on real) and the augmentation gain of generated
+    data over a 10% real subset, for conditional models on labelled data (Ravuri & Vinyals 2019)."""
+    k = data.num_classes
+    x_train, y_train = first_images(data.train, len(data.train)), data.train.labels
+    x_test, y_test = first_images(data.test, len(data.test)), data.test.labels
+    fake, fake_y = generate(model, len(x_train), seed + 1, k)
+    fit = lambda x, y: feats.train_classifier(x, y, k, epochs=epochs, seed=seed, x_test=x_test, y_test=y_test)[1]["test_accuracy"]
+    gen = torch.Generator().manual_seed(seed)
+    subset = torch.randperm(len(x_train), generator=gen)[: max(k, len(x_train) // 10)]
+    if progress:
+        print("synthetic-data utility: training 4 classifiers", flush=True)
+    real_acc = fit(x_train, y_train)
+    cas = fit(fake, fake_y)
+    small = fit(x_train[subset], y_train[subset])
+    augmented = fit(torch.cat([x_train[subset], fake]), torch.cat([y_train[subset], fake_y]))
+    return {
+        "classification_accuracy_score": cas, "real_data_accuracy": real_acc,
+        "subset_10pct_accuracy": small, "subset_10pct_plus_generated_accuracy": augmented,
+        "augmentation_gain": augmented - small,
+        "settings": {"generated_images": len(fake), "subset_images": len(subset), "classifier_epochs": epochs,
+                     "test_images": len(x_test)},
+    }
+
+
+def evaluate(run: str | Path, split: str = "test", num_samples: int | None = None, features: list[str] = ("auto",),
+             k: int = 1000, binarized: bool = False, inception_weights: str | None = None, download: bool = False,
+             utility: bool = True, utility_epochs: int = 10, seed: int = 0, device: str = "cpu",
+             progress: bool = True) -> dict:
+    """Measure one run; returns the metrics dict and writes RUN/eval/."""
+    start = time.perf_counter()
+    folder = RunFolder(run)
+    model = load(run, device=device)
+    cfg = model.run_config
+    data = load_data(cfg.data)
+    if split not in ("test", "train"):
+        raise VaelabError(f"--split must be test or train, got {split!r}")
+    part = data.test if split == "test" else data.train
+    x_real = first_images(part, len(part))
+    y_real = part.labels
+    n = num_samples or len(x_real)
+    result: dict = {"run": str(run), "model": model.registry_name, "data": data.description, "split": split,
+                    "real_images": len(x_real), "samples": n, "seed": seed}
+
+    if model.has_encoder:
+        result["likelihood"] = likelihood_metrics(model, x_real, y_real, k=k, binarized=binarized, seed=seed,
+                                                  progress=progress)
+
+    fake, fake_labels = generate(model, n, seed, max(1, data.num_classes))
+    samples: dict = {}
+    samples["mmd_pixels"] = sm.mmd(x_real.flatten(1), fake.flatten(1))
+    samples["ms_ssim_samples"] = sm.ms_ssim_diversity(fake, pairs=min(1000, n * 2), seed=seed)
+    samples["ms_ssim_real"] = sm.ms_ssim_diversity(x_real, pairs=min(1000, n * 2), seed=seed)
+    samples["sharpness_samples"] = sm.sharpness(fake)
+    samples["sharpness_real"] = sm.sharpness(x_real)
+    spaces = {}
+    for extractor in _resolve_features(list(features), cfg, data, inception_weights, download, progress):
+        f_real, f_fake = extractor.features(x_real), extractor.features(fake)
+        space = {"settings": dict(extractor.settings)}
+        space["fid"] = sm.fid(f_real, f_fake)
+        space.update(sm.kid(f_real, f_fake, seed=seed))
+        space.update(sm.precision_recall(f_real, f_fake, k=3))
+        space["mmd"] = sm.mmd(f_real, f_fake)
+        if extractor.has_logits:
+            logits = extractor.logits(fake)
+            space.update(sm.inception_score(logits, seed=seed))
+            if isinstance(extractor, feats.ClassifierExtractor):
+                space["class_coverage"] = sm.class_coverage(logits, logits.shape[1])
+                if fake_labels is not None:
+                    space["conditional_accuracy"] = float((logits.argmax(1) == fake_labels).double().mean())
+                space["real_is"] = sm.inception_score(extractor.logits(x_real), seed=seed)["is"]
+        spaces[extractor.name] = space
+    samples["features"] = spaces
+    result["sample_metrics"] = samples
+
+    if utility and model.is_conditional and data.train.labels is not None:
+        result["synthetic_utility"] = synthetic_utility(model, data, seed, progress, utility_epochs)
+    result["seconds"] = time.perf_counter() - start
+
+    out = folder.path / "eval"
+    out.mkdir(exist_ok=True)
+    save_image(fake[:64], out / "samples.png", nrow=8, padding=1)
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "report.md", report_markdown(result))
+    _plot_class_histogram(result, out)
+    return result
+
+
+def headline(result: dict) -> dict[str, float]:
+    """The numbers a comparison table shows, flattened: name -> value."""
+    row: dict[str, float] = {}
+    lik = result.get("likelihood", {})
+    for key in ("elbo_nats", "iwae_nats", "iwae_bits_per_dim", "reconstruction_mse_per_pixel", "kl_nats"):
+        if key in lik:
+            row[key] = lik[key]
+    s = result.get("sample_metrics", {})
+    if s:
+        row["mmd_pixels"] = s["mmd_pixels"]["mmd2"]
+        row["ms_ssim_samples"] = s["ms_ssim_samples"]["ms_ssim"]
+        row["sharpness"] = s["sharpness_samples"]
+    for name, space in s.get("features", {}).items():
+        tag = "clf" if name.startswith("classifier") else name
+        for key in ("fid", "kid", "is", "precision", "recall"):
+            if key in space:
+                row[f"{key}_{tag}"] = space[key]
+        if "class_coverage" in space:
+            row[f"classes_{tag}"] = space["class_coverage"]["classes_present"]
+    util = result.get("synthetic_utility")
+    if util:
+        row["cas"] = util["classification_accuracy_score"]
+        row["augmentation_gain"] = util["augmentation_gain"]
+    return row
+
+
+# Whether a larger value is better, for bolding the best entry of a comparison.
+HIGHER_IS_BETTER = {
+    "elbo_nats": True, "iwae_nats": True, "iwae_bits_per_dim": False, "reconstruction_mse_per_pixel": False,
+    "kl_nats": None, "mmd_pixels": False, "ms_ssim_samples": False, "sharpness": True, "cas": True,
+    "augmentation_gain": True,
+}
+
+
+def better(metric: str) -> bool | None:
+    if metric in HIGHER_IS_BETTER:
+        return HIGHER_IS_BETTER[metric]
+    base = metric.split("_")[0]
+    return {"fid": False, "kid": False, "is": True, "precision": True, "recall": True, "classes": True}.get(base)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.1f}"
+    return str(value)
+
+
+def report_markdown(result: dict) -> str:
+    lines = [f"# Evaluation of `{result['run']}`", "",
+             f"Model `{result['model']}` on {result['data']}; {result['real_images']} real {result['split']} images, "
+             f"{result['samples']} samples, seed {result['seed']}; {result['seconds']:.1f} s.", ""]
+    lik = result.get("likelihood")
+    if lik:
+        s = lik["settings"]
+        lines += ["## Likelihood", "",
+                  f"{s['images']} images, K = {s['importance_samples']} importance samples, "
+                  f"{'dynamically binarized (seed ' + str(s['seed']) + ')' if s['binarized'] else 'not binarized'}, "
+                  f"likelihood `{s['likelihood']}`. Nats per image; bits per dimension over {s['dimensions']} dims.", "",
+                  "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in lik.items() if k not in ("settings",)]
+        lines.append("")
+    s = result["sample_metrics"]
+    lines += ["## Samples", "", "| metric | samples | real |", "|---|---|---|",
+              f"| MMD² on pixels (Gaussian kernel, bandwidth {s['mmd_pixels']['bandwidth']:.3g}, median heuristic) | "
+              f"{_fmt(s['mmd_pixels']['mmd2'])} | |",
+              f"| MS-SSIM of random pairs ({s['ms_ssim_samples']['ms_ssim_scales']} scales, window "
+              f"{s['ms_ssim_samples']['ms_ssim_window']}, {s['ms_ssim_samples']['ms_ssim_pairs']} pairs; lower = more diverse) | "
+              f"{_fmt(s['ms_ssim_samples']['ms_ssim'])} | {_fmt(s['ms_ssim_real']['ms_ssim'])} |",
+              f"| sharpness (variance of the Laplacian) | {_fmt(s['sharpness_samples'])} | {_fmt(s['sharpness_real'])} |", ""]
+    for name, space in s["features"].items():
+        lines += [f"### Feature space `{name}`", "", "Settings: " + ", ".join(f"{k} = {v}" for k, v in space["settings"].items()), "",
+                  "| metric | value |", "|---|---|"]
+        for key in ("fid", "kid", "kid_std", "is", "is_std", "real_is", "precision", "recall", "conditional_accuracy"):
+            if key in space:
+                lines.append(f"| {key} | {_fmt(space[key])} |")
+        lines.append(f"| MMD² (bandwidth {space['mmd']['bandwidth']:.3g}) | {_fmt(space['mmd']['mmd2'])} |")
+        if "class_coverage" in space:
+            cc = space["class_coverage"]
+            lines.append(f"| classes present (share >= {cc['class_presence_threshold']:.3g}) | {cc['classes_present']} of {cc['classes_total']} |")
+            lines.append(f"| class histogram | {cc['class_histogram']} |")
+        lines.append("")
+    util = result.get("synthetic_utility")
+    if util:
+        lines += ["## Synthetic-data utility", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in util.items() if k != "settings"]
+        lines += ["", "Settings: " + ", ".join(f"{k} = {v}" for k, v in util["settings"].items()), ""]
+    lines += ["![samples](samples.png)", ""]
+    if any("class_coverage" in sp for sp in s["features"].values()):
+        lines += ["![class histogram](class_histogram.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot_class_histogram(result: dict, out: Path) -> None:
+    spaces = [sp for sp in result["sample_metrics"]["features"].values() if "class_coverage" in sp]
+    if not spaces:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = spaces[0]["class_coverage"]["class_histogram"]
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.bar(range(len(hist)), hist)
+    ax.set_xlabel("predicted class of samples")
+    ax.set_ylabel("count")
+    fig.tight_layout()
+    fig.savefig(out / "class_histogram.png", dpi=110)
+    plt.close(fig)
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,221 @@
+"""Feature extractors for the sample metrics.
+
+- ``classifier:PATH``: a small CNN trained on the dataset's labels (``vaelab train-classifier``); features from its
+  penultimate layer, logits from its head. Works offline and on grayscale digits: the domain feature space.
+- ``inception``: torchmetrics' FID Inception v3 (2048-d pool features, 1008 logits for IS) from a local weights
+  file (``--inception-weights PATH`` or torch's hub cache); downloaded only with ``--download``.
+- ``pixels``: the flattened images (for MMD on pixels).
+Each extractor maps float images (N, C, H, W) in [0, 1] to features (N, d) and, where it can, logits (N, K).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import RunFolderError, VaelabError
+from ..run import atomic_write, atomic_write_text
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+
+class DomainClassifier(nn.Module):
+    """x (B, C, S, S) in [0, 1] -> features (B, feature_dim), logits (B, K). Two conv blocks, one hidden layer."""
+
+    def __init__(self, channels: int, image_size: int, num_classes: int, width: int = 32, feature_dim: int = 128):
+        super().__init__()
+        self.hparams = dict(channels=channels, image_size=image_size, num_classes=num_classes, width=width, feature_dim=feature_dim)
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, 1, 1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, 1, 1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, 1, 1), nn.BatchNorm2d(4 * width), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(16 * width, feature_dim), nn.ReLU(),
+        )
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x):
+        h = self.body(x)
+        return h, self.head(h)
+
+
+def train_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int = 10, batch_size: int = 128,
+                     lr: float = 2e-3, seed: int = 0, x_test=None, y_test=None, progress: bool = False) -> tuple[DomainClassifier, dict]:
+    """Train a DomainClassifier on float images x (N, C, S, S) in [0, 1] with labels y (N,); returns it in eval mode.
+
+    Light augmentation (random shifts of up to 2 px) keeps it from overfitting small sets such as mnist5k.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = DomainClassifier(x.shape[1], x.shape[-1], num_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * max(1, len(x) // batch_size))
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(len(x) // batch_size):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            xb = x[idx]
+            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+            xb = torch.roll(xb, shifts=(dx, dy), dims=(2, 3))
+            loss = F.cross_entropy(model(xb)[1], y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    info = {"train_images": len(x), "epochs": epochs}
+    if x_test is not None:
+        info["test_accuracy"] = accuracy(model, x_test, y_test)
+    return model, info
+
+
+@torch.no_grad()
+def accuracy(model: DomainClassifier, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    hits = sum(int((model(x[i : i + 500])[1].argmax(1) == y[i : i + 500]).sum()) for i in range(0, len(x), 500))
+    return hits / len(x)
+
+
+def save_classifier(model: DomainClassifier, folder: Path, info: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(folder / "classifier.safetensors", lambda tmp: save_file(state, tmp))
+    atomic_write_text(folder / "classifier.json", json.dumps({**model.hparams, **info}, indent=2) + "\n")
+
+
+def load_classifier(folder: str | Path) -> DomainClassifier:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if (folder / "classifier.json").is_file() is False:
+        raise RunFolderError(f"no classifier at {folder} (expected classifier.json and classifier.safetensors); "
+                             f"train one with `vaelab train-classifier --out {folder}`")
+    meta = json.loads((folder / "classifier.json").read_text())
+    model = DomainClassifier(meta["channels"], meta["image_size"], meta["num_classes"], meta["width"], meta["feature_dim"])
+    model.load_state_dict(load_file(folder / "classifier.safetensors"))
+    model.meta = meta
+    return model.eval()
+
+
+class Extractor:
+    """A named feature extractor: ``features(x)`` (N, d) and ``logits(x)`` (N, K) or None, batched."""
+
+    name: str = ""
+    has_logits: bool = False
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+class ClassifierExtractor(Extractor):
+    has_logits = True
+
+    def __init__(self, folder: str | Path):
+        self.model = load_classifier(folder)
+        self.name = f"classifier:{folder}"
+        self.settings = {"extractor": self.name, "feature_dim": self.model.meta["feature_dim"],
+                         "classifier_test_accuracy": self.model.meta.get("test_accuracy")}
+
+    def _run(self, x, which):
+        with torch.no_grad():
+            return torch.cat([self.model(x[i : i + 500])[which] for i in range(0, len(x), 500)])
+
+    def features(self, x):
+        return self._run(x, 0)
+
+    def logits(self, x):
+        return self._run(x, 1)
+
+
+class PixelExtractor(Extractor):
+    name = "pixels"
+
+    def __init__(self):
+        self.settings = {"extractor": "pixels"}
+
+    def features(self, x):
+        return x.flatten(1).float()
+
+
+def inception_weights_path(explicit: str | None) -> Path | None:
+    """The local Inception weights: the given file, or torch's hub cache."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise VaelabError(f"--inception-weights {path}: no such file")
+        return path
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints" / INCEPTION_FILE
+    return hub if hub.is_file() else None
+
+
+class InceptionExtractor(Extractor):
+    has_logits = True
+
+    def __init__(self, weights: str | None = None, download: bool = False):
+        path = inception_weights_path(weights)
+        if path is None and not download:
+            hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+            raise VaelabError(
+                f"Inception weights not found. Put {INCEPTION_FILE} (torch-fidelity's FID Inception v3) in {hub}/, "
+                f"or pass --inception-weights PATH, or --download to fetch it; offline, use --features classifier:PATH "
+                f"(train one with `vaelab train-classifier`)"
+            )
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+        except ModuleNotFoundError as exc:
+            raise VaelabError(f"Inception features need torch-fidelity: pip install torch-fidelity ({exc})") from None
+        self.net = NoTrainInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                      feature_extractor_weights_path=str(path) if path else None, antialias=False)
+        self.name = "inception"
+        self.settings = {"extractor": "inception-v3-compat (torch-fidelity weights)", "antialias": False,
+                         "weights": str(path) if path else "downloaded"}
+
+    def _run(self, x):
+        out_f, out_l = [], []
+        with torch.no_grad():
+            for i in range(0, len(x), 100):
+                xb = x[i : i + 100]
+                if xb.shape[1] == 1:
+                    xb = xb.expand(-1, 3, -1, -1)
+                f, logits = self.net((xb * 255).round().clamp(0, 255).to(torch.uint8))
+                out_f.append(f.reshape(len(xb), -1))
+                out_l.append(logits.reshape(len(xb), -1))
+        return torch.cat(out_f), torch.cat(out_l)
+
+    def features(self, x):
+        return self._run(x)[0]
+
+    def logits(self, x):
+        return self._run(x)[1]
+
+
+def make_extractor(spec: str, inception_weights: str | None = None, download: bool = False) -> Extractor:
+    if spec.startswith("classifier:"):
+        return ClassifierExtractor(spec[len("classifier:") :])
+    if spec == "inception":
+        return InceptionExtractor(inception_weights, download)
+    if spec == "pixels":
+        return PixelExtractor()
+    raise VaelabError(f"unknown --features {spec!r}; use classifier:PATH, inception or pixels")
+
+
+class FeatureModule(nn.Module):
+    """Wrap an Extractor as the nn.Module torchmetrics' FID/KID/IS take (features, or logits for IS)."""
+
+    def __init__(self, extractor: Extractor, logits: bool = False, num_features: int = 0):
+        super().__init__()
+        self.extractor, self.use_logits, self.num_features = extractor, logits, num_features
+
+    def forward(self, x):
+        return self.extractor.logits(x) if self.use_logits else self.extractor.features(x)
+

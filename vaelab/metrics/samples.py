@@ -1,0 +1,167 @@
+"""Sample-side metrics: FID, KID, IS (torchmetrics), MMD, MS-SSIM diversity, precision/recall, class coverage,
+sharpness. Features are extracted once by the caller; FID/KID/IS receive them through an identity module, so
+torchmetrics does the statistics (and the reduction across processes) without a second pass of the network.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+# torchmetrics warns that KID and IS keep their features in memory; ours are in memory already.
+warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
+
+
+class _Given(nn.Module):
+    """Identity 'feature extractor': the metric is updated with features computed beforehand."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x):
+        return x
+
+
+def fid(real_features: torch.Tensor, fake_features: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to the two feature sets (torchmetrics)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=_Given(real_features.shape[1]), normalize=True)
+    metric.update(real_features.double(), real=True)
+    metric.update(fake_features.double(), real=False)
+    return float(metric.compute())
+
+
+def kid(real_features: torch.Tensor, fake_features: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
+        seed: int = 0) -> dict:
+    """Kernel Inception Distance (cubic polynomial kernel MMD^2, unbiased), mean and std over random subsets."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    size = min(subset_size, len(real_features), len(fake_features))
+    metric = KernelInceptionDistance(feature=_Given(real_features.shape[1]), subsets=subsets, subset_size=size)
+    metric.update(real_features.double(), real=True)
+    metric.update(fake_features.double(), real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return {"kid": float(mean), "kid_std": float(std), "kid_subsets": subsets, "kid_subset_size": size}
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> dict:
+    """exp(E_x KL(p(y|x) || p(y))) from classifier logits, mean and std over splits (torchmetrics)."""
+    from torchmetrics.image.inception import InceptionScore
+
+    metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
+    metric.update(logits.double())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return {"is": float(mean), "is_std": float(std), "is_splits": splits}
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> dict:
+    """Unbiased MMD^2 with a Gaussian kernel k(a, b) = exp(-||a - b||^2 / (2 s^2)) (Gretton et al. 2012, eq. 3).
+
+    s defaults to the median heuristic: the median pairwise distance over the pooled sets. x: (N, d), y: (M, d).
+    """
+    x, y = x.double().flatten(1), y.double().flatten(1)
+    pooled = torch.cat([x, y])
+    d2 = torch.cdist(pooled, pooled).pow(2)
+    if bandwidth is None:
+        n = len(pooled)
+        off_diag = d2[~torch.eye(n, dtype=torch.bool)]
+        bandwidth = float(off_diag.sqrt().median())
+    k = torch.exp(-d2 / (2 * bandwidth**2))
+    n, m = len(x), len(y)
+    kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
+    value = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) \
+        - 2 * kxy.mean()
+    return {"mmd2": float(value), "bandwidth": bandwidth, "bandwidth_rule": "median pairwise distance (pooled)"}
+
+
+def ms_ssim_settings(image_size: int) -> tuple[int, int]:
+    """(scales, window) for MS-SSIM at this size: the most scales (<= 5) that allow an odd window >= 5 (else 3).
+
+    torchmetrics needs size >= 2^scales and size // (scales - 1)^2 > window - 1: five scales with an 11-px window
+    need about 161 px; 28 px digits get three scales with a 7-px window.
+    """
+    for min_window in (5, 3):
+        for scales in range(5, 0, -1):
+            if image_size < 2**scales:
+                continue
+            limit = image_size // max(1, scales - 1) ** 2
+            window = min(11, limit if limit % 2 else limit - 1)
+            if window >= min_window:
+                return scales, window
+    raise ValueError(f"images of {image_size} px are too small for MS-SSIM")
+
+
+def ms_ssim_diversity(images: torch.Tensor, pairs: int = 1000, seed: int = 0) -> dict:
+    """Mean MS-SSIM over random pairs of distinct images (lower = more diverse). images: (N, C, H, W) in [0, 1]."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as ms_ssim
+
+    scales, window = ms_ssim_settings(min(images.shape[-2:]))
+    betas = torch.tensor(MS_SSIM_BETAS[:scales])
+    betas = tuple((betas / betas.sum()).tolist())
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randint(len(images), (pairs,), generator=gen)
+    b = (a + torch.randint(1, len(images), (pairs,), generator=gen)) % len(images)
+    values = []
+    for i in range(0, pairs, 500):
+        values.append(ms_ssim(images[a[i : i + 500]].float(), images[b[i : i + 500]].float(), kernel_size=window,
+                              betas=betas, data_range=1.0, reduction="none"))
+    return {"ms_ssim": float(torch.cat(values).mean()), "ms_ssim_pairs": pairs, "ms_ssim_scales": scales,
+            "ms_ssim_window": window}
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN balls in feature space.
+
+    precision: the share of fake samples inside some real sample's k-NN ball (low = blur / off-manifold samples);
+    recall: the share of real samples inside some fake sample's k-NN ball (low = mode collapse).
+    """
+    real, fake = real.double(), fake.double()
+
+    def radii(feats):
+        d = torch.cdist(feats, feats)
+        return d.kthvalue(k + 1, dim=1).values  # k + 1: the distance to itself is the first
+
+    def coverage(ref, ref_radii, query):
+        inside = torch.zeros(len(query), dtype=torch.bool)
+        for i in range(0, len(query), 1000):
+            d = torch.cdist(query[i : i + 1000], ref)
+            inside[i : i + 1000] = (d <= ref_radii[None]).any(1)
+        return float(inside.double().mean())
+
+    return {"precision": coverage(real, radii(real), fake), "recall": coverage(fake, radii(fake), real), "pr_k": k}
+
+
+def class_coverage(logits: torch.Tensor, num_classes: int, min_share: float | None = None) -> dict:
+    """Which classes the classifier sees in the samples: histogram, classes present (>= min_share), entropy."""
+    preds = logits.argmax(1)
+    hist = torch.bincount(preds, minlength=num_classes).double()
+    share = hist / hist.sum()
+    min_share = min_share if min_share is not None else 0.25 / num_classes
+    nonzero = share[share > 0]
+    return {
+        "classes_present": int((share >= min_share).sum()),
+        "classes_total": num_classes,
+        "class_presence_threshold": min_share,
+        "class_histogram": hist.long().tolist(),
+        "class_entropy_bits": float(-(nonzero * nonzero.log2()).sum()),
+    }
+
+
+def sharpness(images: torch.Tensor) -> float:
+    """Mean over images of the variance of the Laplacian of the grayscale image (higher = sharper)."""
+    gray = images.float().mean(1, keepdim=True)
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    lap = F.conv2d(gray, kernel)
+    return float(lap.flatten(1).var(1).mean())
+

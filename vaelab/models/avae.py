@@ -1,0 +1,242 @@
+"""AVAE (Khan, Hayat, Barnes 2018, "Adversarial Training of Variational Auto-encoders for High Fidelity Image
+Generation", arXiv 1804.10323), and the paper's ablation BEGAN* (the same discriminator and controller with a
+plain generator).
+
+Generator = a VAE: encoder Enc(x) -> (mu, sigma), decoder Dec(z). Discriminator = a BEGAN-style auto-encoder
+AE = D_dec(D_enc(x)) (3x3 convs with ELU, no BatchNorm, strided subsampling, nearest-neighbour upsampling), whose
+hidden code has the latent size. With x_v = Dec(z_v), z_v ~ q(z|x), and x_g = Dec(z_g), z_g ~ N(0, I):
+- (2)  L_e = (1/|x|) ||x - x_v||_1                 (3)  L_n = KL(N(mu, sigma) || N(0, I))
+- (7)  L_d = mean|x - AE(x)|,  L_g = mean|x_g - AE(x_g)|,  L_v = mean|x_v - AE(x_v)|
+       (the paper's text writes L_g with x in place of x_g; this is the BEGAN form it means)
+- (9)  L_s = (1/|z_d|) ||z_d - z'_v||_1 between D_enc(x) and D_enc(x_v)
+- (13) L_dis = L_d - k_{t-1} (L_g + alpha L_v)
+- (14) L_gen = L_g + alpha L_v + beta L_s + gamma L_e
+- (15) L_enc = L_n + beta L_s + gamma L_e
+- (11) e_t = eta L_d - (L_g + alpha L_v)   (the BEGAN sign; the paper's text has a sign slip)
+- (12) k_t = clip(k_{t-1} + l1 e_t + l2 (e_t - e_{t-1}) + l3 (e_t + e_{t-2} - 2 e_{t-1}), 0, 1)
+- convergence M = L_d + |eta L_d - L_g - alpha L_v|, logged with k_t every step.
+Update order (Algorithm 1): encoder on L_enc, decoder on L_gen, controller, discriminator on L_dis; all
+gradients come from one forward pass, and L_dis uses k_{t-1}, so the controller's place in the order is exact.
+
+The KL of (3) is averaged over latent dimensions by default (``kl_reduction: mean``), the same 1/|z|
+normalisation the paper gives L_s in (9) and L_e in (2); summed over dimensions (``sum``) it outweighs the
+per-pixel terms by two orders of magnitude and the encoder collapses to the prior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..losses import kl_standard_normal
+from .base import GaussianLatentModel, GenerativeModel, register
+from .blocks import BeganDecoder, BeganEncoder
+
+
+class PIDController:
+    """k_t of eq. (12): k <- clip(k + l1 e_t + l2 (e_t - e_{t-1}) + l3 (e_t + e_{t-2} - 2 e_{t-1}), 0, 1)."""
+
+    def __init__(self, lambdas: list[float], k: float = 0.0):
+        self.l1, self.l2, self.l3 = lambdas
+        self.k, self.e1, self.e2 = k, 0.0, 0.0  # k_{t-1}, e_{t-1}, e_{t-2}
+
+    def update(self, e: float) -> float:
+        k = self.k + self.l1 * e + self.l2 * (e - self.e1) + self.l3 * (e + self.e2 - 2 * self.e1)
+        self.k = min(max(k, 0.0), 1.0)
+        self.e2, self.e1 = self.e1, e
+        return self.k
+
+    def state(self) -> dict:
+        return {"k": self.k, "e1": self.e1, "e2": self.e2}
+
+    def load(self, state: dict) -> None:
+        self.k, self.e1, self.e2 = float(state["k"]), float(state["e1"]), float(state["e2"])
+
+
+class AutoencoderDiscriminator(nn.Module):
+    """BEGAN discriminator: x (B, C, S, S) -> (code (B, code_dim), reconstruction (B, C, S, S))."""
+
+    def __init__(self, channels, image_size, n, levels, code_dim):
+        super().__init__()
+        self.encoder = BeganEncoder(channels, image_size, n, levels, code_dim)
+        self.decoder = BeganDecoder(code_dim, channels, image_size, n, levels)
+
+    def forward(self, x):
+        code = self.encoder(x)
+        return code, self.decoder(code)
+
+
+def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference over everything: (1/|a|) ||a - b||_1 averaged over the batch. Scalar."""
+    return (a.float() - b.float()).abs().mean()
+
+
+@dataclass
+class AVAEConfig:
+    name: str = "avae"
+    image_size: int | None = None
+    channels: int | None = None
+    latent_dim: int = 64  # also the discriminator's hidden code size
+    filters: int = 64  # n of the BEGAN blocks
+    levels: int | None = None  # factor-2 resamplings; None: as many as keep image_size / 2^levels >= 7
+    alpha: float = 0.3
+    beta: float = 0.1
+    gamma: float = 0.1
+    eta: float = 0.5
+    lambdas: list[float] = field(default_factory=lambda: [1e-3, 1e-5, 1e-5])
+    k0: float = 0.0
+    kl_reduction: Literal["mean", "sum"] = "mean"
+    lr: float = 5e-5
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    logvar_min: float = -30.0
+    logvar_max: float = 20.0
+
+    def validate(self) -> None:
+        if len(self.lambdas) != 3:
+            raise ConfigError(f"model.lambdas must be three numbers (l1, l2, l3), got {self.lambdas}")
+        if self.latent_dim < 1 or self.filters < 1:
+            raise ConfigError("model.latent_dim and model.filters must be at least 1")
+
+
+def default_levels(image_size: int) -> int:
+    levels = 0
+    while image_size % 2 ** (levels + 1) == 0 and image_size // 2 ** (levels + 1) >= 7:
+        levels += 1
+    return levels
+
+
+class _BeganControlled:
+    """What AVAE and BEGAN* share: the auto-encoder discriminator, the controller and its checkpointed state."""
+
+    def _build_discriminator(self, c):
+        self.levels = c.levels if c.levels is not None else default_levels(c.image_size)
+        self.discriminator = AutoencoderDiscriminator(c.channels, c.image_size, c.filters, self.levels, c.latent_dim)
+        self.controller = PIDController(list(c.lambdas), c.k0)
+
+    def extra_state(self) -> dict:
+        return {"controller": self.controller.state()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if "controller" in state:
+            self.controller.load(state["controller"])
+
+
+@register("avae")
+class AVAE(_BeganControlled, GaussianLatentModel):
+    config_class = AVAEConfig
+    has_likelihood = False  # trained with L1 and adversarial terms; pixel terms below are an evaluation proxy
+
+    def __init__(self, config: AVAEConfig):
+        super().__init__(config)
+        c = config
+        if c.image_size is None or c.channels is None:
+            raise ConfigError("model.image_size and model.channels must be set (training fills them from the data)")
+        self._build_discriminator(c)
+        self.encoder = BeganEncoder(c.channels, c.image_size, c.filters, self.levels, 2 * c.latent_dim)
+        self.decoder = BeganDecoder(c.latent_dim, c.channels, c.image_size, c.filters, self.levels)
+
+    def configure_optimizers(self):
+        c = self.config
+        make = lambda params: torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas))
+        return {"encoder": make(self.encoder.parameters()), "decoder": make(self.decoder.parameters()),
+                "discriminator": make(self.discriminator.parameters())}
+
+    def encode(self, x, y=None):
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
+
+    def decoder_output(self, z, y=None):
+        return self.decoder(z)
+
+    def nll(self, output, x):
+        """Pixel sum of absolute errors per image (B,), the L_e of eq. (2) times |x|: an evaluation proxy."""
+        return (torch.sigmoid(output.float()) - x.float()).abs().flatten(1).sum(1)
+
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every term of eqs. (2)-(15) for one batch, plus e_t and M. Scalars."""
+        c = self.config
+        mu, logvar = self.encode(x)
+        x_v = torch.sigmoid(self.decoder(self.reparameterize(mu, logvar)))
+        x_g = torch.sigmoid(self.decoder(torch.randn_like(mu)))
+        z_d, ae_x = self.discriminator(x)
+        z_v, ae_v = self.discriminator(x_v)
+        _, ae_g = self.discriminator(x_g)
+        kl = kl_standard_normal(mu, logvar)
+        t = {
+            "L_e": l1(x, x_v),
+            "L_n": (kl / c.latent_dim if c.kl_reduction == "mean" else kl).mean(),
+            "L_d": l1(x, ae_x),
+            "L_g": l1(x_g, ae_g),
+            "L_v": l1(x_v, ae_v),
+            "L_s": l1(z_d, z_v),
+        }
+        k = self.controller.k
+        t["L_dis"] = t["L_d"] - k * (t["L_g"] + c.alpha * t["L_v"])
+        t["L_gen"] = t["L_g"] + c.alpha * t["L_v"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
+        t["L_enc"] = t["L_n"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
+        balance = c.eta * t["L_d"] - (t["L_g"] + c.alpha * t["L_v"])
+        t["e"] = balance.detach()
+        t["M"] = (t["L_d"] + balance.abs()).detach()
+        return t
+
+    def training_step(self, batch, ctx):
+        t = self.losses(batch["x"])
+        ctx.update_many({"encoder": t["L_enc"], "decoder": t["L_gen"], "discriminator": t["L_dis"]}, t)
+        k = self.controller.update(float(t["e"]))
+        return {**{key: v.detach() for key, v in t.items()}, "k": torch.tensor(k)}
+
+
+@dataclass
+class BEGANStarConfig:
+    name: str = "began_star"
+    image_size: int | None = None
+    channels: int | None = None
+    latent_dim: int = 64
+    filters: int = 64
+    levels: int | None = None
+    eta: float = 0.5
+    lambdas: list[float] = field(default_factory=lambda: [1e-3, 1e-5, 1e-5])
+    k0: float = 0.0
+    lr: float = 5e-5
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+
+
+@register("began_star")
+class BEGANStar(_BeganControlled, GenerativeModel):
+    """BEGAN* (AVAE paper's ablation): L_D = L_d - k L_g, L_G = L_g, e_t = eta L_d - L_g, the PID controller."""
+
+    config_class = BEGANStarConfig
+
+    def __init__(self, config: BEGANStarConfig):
+        super().__init__(config)
+        c = config
+        if c.image_size is None or c.channels is None:
+            raise ConfigError("model.image_size and model.channels must be set (training fills them from the data)")
+        self._build_discriminator(c)
+        self.generator = BeganDecoder(c.latent_dim, c.channels, c.image_size, c.filters, self.levels)
+
+    def configure_optimizers(self):
+        c = self.config
+        return {"generator": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=tuple(c.betas)),
+                "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=tuple(c.betas))}
+
+    def decode(self, z, y=None):
+        return torch.sigmoid(self.generator(z).float())
+
+    def training_step(self, batch, ctx):
+        c = self.config
+        x = batch["x"]
+        x_g = torch.sigmoid(self.generator(torch.randn(x.shape[0], c.latent_dim, device=x.device)))
+        _, ae_x = self.discriminator(x)
+        _, ae_g = self.discriminator(x_g)
+        t = {"L_d": l1(x, ae_x), "L_g": l1(x_g, ae_g)}
+        t["L_dis"] = t["L_d"] - self.controller.k * t["L_g"]
+        balance = c.eta * t["L_d"] - t["L_g"]
+        t["e"], t["M"] = balance.detach(), (t["L_d"] + balance.abs()).detach()
+        ctx.update_many({"generator": t["L_g"], "discriminator": t["L_dis"]}, t)
+        k = self.controller.update(float(t["e"]))
+        return {**{key: v.detach() for key, v in t.items()}, "k": torch.tensor(k)}

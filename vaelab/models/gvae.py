@@ -1,0 +1,160 @@
+"""GVAE (Sagar 2020, "Generative Variational Autoencoder for High Resolution Image Synthesis").
+
+A VAE encoder and a ResNet generator trained as one network against a Wasserstein critic with gradient penalty.
+- Encoder: four 3x3 stride-2 conv stages with BatchNorm and LeakyReLU, then linear heads mu, log s^2.
+- Generator (Table 1, at 128 px): fully connected z -> stem x (H/4) x (W/4), two ResNet blocks at each of three
+  widths (256, 128, 64) with an upsampling between, then a 3x3 conv to C channels. The paper's stem at 128 px
+  (512 -> 256 x 32 x 32) alone holds ~134M weights, so ``stem_channels`` and the widths are parameters.
+- Critic (Table 2): conv 64, then per width a ResNet block and 2x average pooling, then fully connected; no
+  BatchNorm (it would break the gradient penalty). ``dropout`` switches on the paper's 30% dropout in the blocks.
+Losses: encoder + generator minimise -log p(x|z) + KL - adv_weight * (E[D(x_p)] + E[D(x_tilde)]) / 2, with
+x_p = G(z), z ~ N(0, I), and x_tilde = G(Enc(x)); the critic minimises the WGAN-GP loss (Gulrajani et al.
+2017, eq. 3) with both fakes, lambda = 10, and the generator is updated once every n_critic = 5 critic steps.
+The latent-size study (Table 5: z = 100, 500, 1000, 2000) runs with --set model.latent_dim=N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..losses import bernoulli_nll, gaussian_nll, gradient_penalty, kl_standard_normal
+from .base import GaussianLatentModel, register
+from .blocks import ResBlock
+
+
+@dataclass
+class GVAEConfig:
+    name: str = "gvae"
+    image_size: int | None = None
+    channels: int | None = None
+    latent_dim: int = 100
+    encoder_widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    stem_channels: int = 256
+    generator_widths: list[int] = field(default_factory=lambda: [256, 128, 64])
+    critic_widths: list[int] = field(default_factory=lambda: [64, 128, 256])
+    dropout: float = 0.0  # the paper lists 30% dropout in the ResNet blocks: 0.3
+    likelihood: Literal["bernoulli", "gaussian"] = "gaussian"
+    gaussian_variance: float = 0.5
+    adv_weight: float = 1.0
+    gp_weight: float = 10.0
+    n_critic: int = 5
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    logvar_min: float = -30.0
+    logvar_max: float = 20.0
+
+    def validate(self) -> None:
+        if len(self.generator_widths) != 3:
+            raise ConfigError("model.generator_widths must list the three widths of Table 1, e.g. [256, 128, 64]")
+        if self.image_size is not None and self.image_size % 4:
+            raise ConfigError(f"GVAE's generator starts at image_size / 4; {self.image_size} is not divisible by 4")
+        if self.n_critic < 1 or self.latent_dim < 1:
+            raise ConfigError("model.n_critic and model.latent_dim must be at least 1")
+
+
+class GVAEGenerator(nn.Module):
+    """z (B, latent_dim) -> raw output (B, C, H, W) (Table 1)."""
+
+    def __init__(self, latent_dim, channels, image_size, stem, widths, dropout):
+        super().__init__()
+        self.start = (stem, image_size // 4, image_size // 4)
+        self.fc = nn.Linear(latent_dim, stem * (image_size // 4) ** 2)
+        layers: list[nn.Module] = []
+        c = stem
+        for i, width in enumerate(widths):
+            layers += [ResBlock(c, width, dropout=dropout), ResBlock(width, width, dropout=dropout)]
+            c = width
+            if i < 2:
+                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, channels, 3, 1, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(self.fc(z).view(-1, *self.start))
+
+
+class GVAECritic(nn.Module):
+    """x (B, C, H, W) -> score (B,) (Table 2), no BatchNorm."""
+
+    def __init__(self, channels, image_size, widths, dropout):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 3, 1, 1)]
+        c, size = widths[0], image_size
+        for width in widths:
+            layers += [ResBlock(c, width, norm="none", dropout=dropout), nn.AvgPool2d(2)]
+            c, size = width, size // 2
+        if size < 1:
+            raise ConfigError(f"{len(widths)} critic poolings do not fit {image_size} px; use fewer model.critic_widths")
+        self.net = nn.Sequential(*layers, nn.LeakyReLU(0.2), nn.Flatten())
+        self.fc = nn.Linear(c * size * size, 1)
+
+    def forward(self, x):
+        return self.fc(self.net(x)).squeeze(1)
+
+
+@register("gvae")
+class GVAE(GaussianLatentModel):
+    config_class = GVAEConfig
+
+    def __init__(self, config: GVAEConfig):
+        super().__init__(config)
+        c = config
+        if c.image_size is None or c.channels is None:
+            raise ConfigError("model.image_size and model.channels must be set (training fills them from the data)")
+        layers: list[nn.Module] = []
+        ch, size = c.channels, c.image_size
+        for width in c.encoder_widths:
+            layers += [nn.Conv2d(ch, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.LeakyReLU(0.2, inplace=True)]
+            ch, size = width, (size + 1) // 2
+        self.encoder = nn.Sequential(*layers, nn.Flatten())
+        self.to_moments = nn.Linear(ch * size * size, 2 * c.latent_dim)
+        self.generator = GVAEGenerator(c.latent_dim, c.channels, c.image_size, c.stem_channels, c.generator_widths, c.dropout)
+        self.critic = GVAECritic(c.channels, c.image_size, c.critic_widths, c.dropout)
+        self.log_sigma2 = nn.Parameter(torch.tensor(c.gaussian_variance).log(), requires_grad=False)
+
+    def configure_optimizers(self):
+        c = self.config
+        vae = list(self.encoder.parameters()) + list(self.to_moments.parameters()) + list(self.generator.parameters())
+        return {"vae": torch.optim.Adam(vae, lr=c.lr, betas=tuple(c.betas)),
+                "critic": torch.optim.Adam(self.critic.parameters(), lr=c.lr, betas=tuple(c.betas))}
+
+    def encode(self, x, y=None):
+        mu, logvar = self.to_moments(self.encoder(x)).chunk(2, dim=1)
+        return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
+
+    def decoder_output(self, z, y=None):
+        return self.generator(z)
+
+    def nll(self, output, x):
+        if self.config.likelihood == "bernoulli":
+            return bernoulli_nll(output, x)
+        return gaussian_nll(torch.sigmoid(output.float()), x, self.log_sigma2)
+
+    def training_step(self, batch, ctx):
+        c = self.config
+        x = batch["x"]
+        mu, logvar = self.encode(x)
+        out_tilde = self.generator(self.reparameterize(mu, logvar))
+        x_tilde = torch.sigmoid(out_tilde)
+        x_p = torch.sigmoid(self.generator(torch.randn_like(mu)))
+
+        d_real = self.critic(x).float().mean()
+        d_fake = 0.5 * (self.critic(x_tilde.detach()).float().mean() + self.critic(x_p.detach()).float().mean())
+        penalty = gradient_penalty(self.critic, x, x_p)
+        critic_loss = d_fake - d_real + c.gp_weight * penalty
+        terms = {"critic_loss": critic_loss, "wasserstein": d_real - d_fake, "gradient_penalty": penalty}
+        ctx.update(critic_loss, "critic", terms)
+        out = {k: v.detach() for k, v in terms.items()}
+        if (ctx.step + 1) % c.n_critic == 0:
+            nll = self.nll(out_tilde, x).mean()
+            kl = kl_standard_normal(mu, logvar).mean()
+            adv = -0.5 * (self.critic(x_tilde).float().mean() + self.critic(x_p).float().mean())
+            vae_loss = nll + kl + c.adv_weight * adv
+            ctx.update(vae_loss, "vae", {"nll": nll, "kl": kl, "g_adv": adv})
+            out.update({"nll": nll.detach(), "kl": kl.detach(), "g_adv": adv.detach(), "vae_loss": vae_loss.detach()})
+        return out

@@ -1,0 +1,132 @@
+"""VAE-GAN (Larsen, Sønderby, Larochelle, Winther 2016, "Autoencoding beyond pixels using a learned similarity metric").
+
+Three networks, one forward pass per step with three samples: x (real), x_tilde = Dec(Enc(x)), x_p = Dec(z),
+z ~ N(0, I). The pixel likelihood is replaced by a Gaussian in the features of discriminator layer l:
+- L_prior = KL(q(z|x) || N(0, I))                                    (eq. 3 / 9)
+- L_llike^Dis_l = 1/2 ||Dis_l(x) - Dis_l(x_tilde)||^2               (eq. 8, -log of a unit-variance Gaussian)
+- L_GAN = log D(x) + log(1 - D(x_tilde)) + log(1 - D(x_p))           (eq. 10, fakes detached for the discriminator)
+Updates (Algorithm 1): Enc on L_prior + L_llike; Dec on gamma * L_llike - L_GAN (non-saturating: the decoder
+maximises log D(x_tilde) + log D(x_p)); Dis on -L_GAN. All three gradients come from the same forward pass.
+Optional balancing (from the authors' code): skip the discriminator update while both its real and fake
+cross-entropies are below ``balance_margin``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..losses import kl_standard_normal
+from .base import GaussianLatentModel, register
+from .blocks import ConvDecoder, ConvEncoder
+
+
+@dataclass
+class VAEGANConfig:
+    name: str = "vaegan"
+    image_size: int | None = None
+    channels: int | None = None
+    latent_dim: int = 128
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256])  # encoder and decoder
+    discriminator_widths: list[int] = field(default_factory=lambda: [32, 128, 256, 256])
+    feature_layer: int = -1  # Dis_l: the output of this conv stage of the discriminator (-1 = the last)
+    gamma: float = 1e-6  # weight of L_llike in the decoder loss (the paper's value for CelebA)
+    balance_margin: float | None = 0.35  # None: always update the discriminator
+    optimizer: str = "rmsprop"  # rmsprop (the paper) | adam
+    lr: float = 3e-4
+    logvar_min: float = -30.0
+    logvar_max: float = 20.0
+
+    def validate(self) -> None:
+        if self.optimizer not in ("rmsprop", "adam"):
+            raise ConfigError(f"model.optimizer must be rmsprop or adam, got {self.optimizer!r}")
+        n = len(self.discriminator_widths)
+        if not -n <= self.feature_layer < n:
+            raise ConfigError(f"model.feature_layer={self.feature_layer} is not a stage of the {n}-stage discriminator")
+
+
+class FeatureDiscriminator(nn.Module):
+    """x (B, C, S, S) -> (features of stage l (B, F), real/fake logit (B,))."""
+
+    def __init__(self, channels, image_size, widths, feature_layer):
+        super().__init__()
+        encoder = ConvEncoder(channels, image_size, widths, "batch", slope=0.2)
+        layers = list(encoder.net.children())[:-1]  # without the Flatten
+        ends = [i for i, m in enumerate(layers) if isinstance(m, nn.LeakyReLU)]
+        cut = ends[feature_layer] + 1
+        self.lower, self.upper = nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut:], nn.Flatten())
+        self.head = nn.Linear(encoder.out_features, 1)
+
+    def forward(self, x):
+        features = self.lower(x)
+        return features.flatten(1), self.head(self.upper(features)).squeeze(1)
+
+
+@register("vaegan")
+class VAEGAN(GaussianLatentModel):
+    config_class = VAEGANConfig
+    has_likelihood = False  # the likelihood lives in discriminator features; pixel terms below are a proxy
+
+    def __init__(self, config: VAEGANConfig):
+        super().__init__(config)
+        c = config
+        if c.image_size is None or c.channels is None:
+            raise ConfigError("model.image_size and model.channels must be set (training fills them from the data)")
+        self.encoder = ConvEncoder(c.channels, c.image_size, c.widths, "batch", 0.2)
+        self.to_moments = nn.Linear(self.encoder.out_features, 2 * c.latent_dim)
+        self.decoder = ConvDecoder(c.latent_dim, c.channels, c.image_size, c.widths, "batch")
+        self.discriminator = FeatureDiscriminator(c.channels, c.image_size, c.discriminator_widths, c.feature_layer)
+
+    def configure_optimizers(self):
+        c = self.config
+        make = (lambda p: torch.optim.RMSprop(p, lr=c.lr)) if c.optimizer == "rmsprop" else \
+            (lambda p: torch.optim.Adam(p, lr=c.lr, betas=(0.5, 0.999)))
+        return {
+            "encoder": make(list(self.encoder.parameters()) + list(self.to_moments.parameters())),
+            "decoder": make(self.decoder.parameters()),
+            "discriminator": make(self.discriminator.parameters()),
+        }
+
+    def encode(self, x, y=None):
+        mu, logvar = self.to_moments(self.encoder(x)).chunk(2, dim=1)
+        return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
+
+    def decoder_output(self, z, y=None):
+        return self.decoder(z)
+
+    def nll(self, output, x):
+        """Pixel sum of squared errors per image (B,): a reconstruction proxy for evaluation, not the training loss."""
+        return (torch.sigmoid(output.float()) - x.float()).pow(2).flatten(1).sum(1)
+
+    def training_step(self, batch, ctx):
+        c = self.config
+        x = batch["x"]
+        mu, logvar = self.encode(x)
+        x_tilde = torch.sigmoid(self.decoder(self.reparameterize(mu, logvar)))
+        x_p = torch.sigmoid(self.decoder(torch.randn_like(mu)))
+        f_real, d_real = self.discriminator(x)
+        f_tilde, d_tilde = self.discriminator(x_tilde)
+        _, d_p = self.discriminator(x_p)
+
+        prior = kl_standard_normal(mu, logvar).mean()
+        llike = 0.5 * (f_real.float() - f_tilde.float()).pow(2).sum(1).mean()
+        bce = lambda logits, target: F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
+        d_real_loss, d_fake_loss = bce(d_real, 1.0), 0.5 * (bce(d_tilde, 0.0) + bce(d_p, 0.0))
+        dis_loss = d_real_loss + bce(d_tilde, 0.0) + bce(d_p, 0.0)  # -L_GAN
+        dec_gan = bce(d_tilde, 1.0) + bce(d_p, 1.0)  # non-saturating -L_GAN for the decoder
+
+        losses = {"encoder": prior + llike, "decoder": c.gamma * llike + dec_gan}
+        skip = c.balance_margin is not None and float(d_real_loss.detach()) < c.balance_margin \
+            and float(d_fake_loss.detach()) < c.balance_margin
+        if not skip:
+            losses["discriminator"] = dis_loss
+        terms = {"kl": prior, "llike": llike, "d_loss": dis_loss, "g_gan": dec_gan}
+        ctx.update_many(losses, terms)
+        return {**{k: v.detach() for k, v in terms.items()},
+                "d_real": torch.sigmoid(d_real.float()).mean().detach(),
+                "d_fake": torch.sigmoid(d_p.float()).mean().detach(),
+                "d_updated": torch.tensor(0.0 if skip else 1.0)}
