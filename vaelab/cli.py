@@ -512,6 +512,24 @@ def latent_map(
 
 
 @app.command()
+@user_errors
+def explore(
+    run: Path = typer.Argument(..., help="run folder"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind; 0.0.0.0 exposes it to your network"),
+    port: int = typer.Option(7860, "--port"),
+    device: str = typer.Option("cpu", "--device"),
+):
+    """Open a web page to explore the latent space: sliders, interpolation, reconstruction, attributes."""
+    try:
+        from .explore import launch
+        import gradio  # noqa: F401
+    except ModuleNotFoundError:
+        _fail('the explorer needs Gradio: pip install "vaelab[explore]" (or pip install "gradio" "pillow<13")')
+    typer.echo(f"serving {run} on http://{host}:{port} (Ctrl-C to stop)")
+    launch(run, host=host, port=port, device=device)
+
+
+@app.command()
 def presets():
     """List the presets, one line each."""
     from .config import read_preset, preset_names

@@ -146,11 +146,7 @@ class AVAE(_BeganControlled, GaussianLatentModel):
                 "discriminator": make(self.discriminator.parameters())}
 
     def encode(self, x, y=None):
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
-        return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
-
-    def decoder_output(self, z, y=None):
-        return self.decoder(z)
+        return self.split_moments(self.encoder(x))
 
     def nll(self, output, x):
         """Pixel sum of absolute errors per image (B,), the L_e of eq. (2) times |x|: an evaluation proxy."""
@@ -203,6 +199,9 @@ class BEGANStarConfig:
     k0: float = 0.0
     lr: float = 5e-5
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+
+    def validate(self) -> None:
+        AVAEConfig.validate(self)
 
 
 @register("began_star")

@@ -118,9 +118,10 @@ class GenerativeModel(nn.Module):
 class GaussianLatentModel(GenerativeModel):
     """A model with a Gaussian encoder q(z|x) = N(mu, diag(exp(logvar))) and a N(0, I) prior.
 
-    Subclasses provide ``encode`` and ``decoder_output`` (the decoder's raw output) and ``nll``
-    (-log p(x|z) per image from that raw output); ELBO, reconstruction and the importance-weighted
-    bound follow from those three.
+    Subclasses provide ``nll`` (-log p(x|z) per image from the decoder's raw output) and either the modules
+    ``encoder``, ``to_moments`` and ``decoder`` (the default ``encode`` / ``decoder_output`` below) or their own
+    ``encode`` and ``decoder_output``; ELBO, reconstruction and the importance-weighted bound follow. The
+    config holds ``logvar_min`` / ``logvar_max``, the safe range the encoder's log-variance is clamped to.
     """
 
     has_encoder = True
@@ -128,11 +129,16 @@ class GaussianLatentModel(GenerativeModel):
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> mu, logvar, each (B, latent_dim)."""
-        raise NotImplementedError
+        return self.split_moments(self.to_moments(self.encoder(x)))
+
+    def split_moments(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 2 * latent_dim) -> mu, logvar (clamped to [logvar_min, logvar_max]), each (B, latent_dim)."""
+        mu, logvar = h.chunk(2, dim=1)
+        return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
 
     def decoder_output(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """(B, latent_dim) -> raw decoder output (logits), (B, C, H, W)."""
-        raise NotImplementedError
+        return self.decoder(z)
 
     def nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """-log p(x | z) per image from the decoder's raw output: (B,)."""

@@ -123,10 +123,6 @@ class GVAE(GaussianLatentModel):
         return {"vae": torch.optim.Adam(vae, lr=c.lr, betas=tuple(c.betas)),
                 "critic": torch.optim.Adam(self.critic.parameters(), lr=c.lr, betas=tuple(c.betas))}
 
-    def encode(self, x, y=None):
-        mu, logvar = self.to_moments(self.encoder(x)).chunk(2, dim=1)
-        return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
-
     def decoder_output(self, z, y=None):
         return self.generator(z)
 

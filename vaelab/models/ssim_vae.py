@@ -78,13 +78,6 @@ class SSIMVAE(GaussianLatentModel):
     def configure_optimizers(self):
         return {"vae": torch.optim.Adam(self.parameters(), lr=self.config.lr, betas=tuple(self.config.betas))}
 
-    def encode(self, x, y=None):
-        mu, logvar = self.to_moments(self.encoder(x)).chunk(2, dim=1)
-        return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
-
-    def decoder_output(self, z, y=None):
-        return self.decoder(z)
-
     def recon_loss(self, x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(D * [w_ssim L_SSIM + w_colour L_colour] or D * MSE, per image (B,); the unscaled terms, each (B,))."""
         c = self.config

@@ -127,13 +127,6 @@ class VAE(GaussianLatentModel):
         c = self.config
         return {"vae": torch.optim.Adam(self.parameters(), lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)}
 
-    def encode(self, x, y=None):
-        mu, logvar = self.to_moments(self.encoder(x)).chunk(2, dim=1)
-        return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
-
-    def decoder_output(self, z, y=None):
-        return self.decoder(z)
-
     def nll(self, output, x):
         if self.config.likelihood == "bernoulli":
             return bernoulli_nll(output, x)

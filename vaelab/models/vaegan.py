@@ -91,13 +91,6 @@ class VAEGAN(GaussianLatentModel):
             "discriminator": make(self.discriminator.parameters()),
         }
 
-    def encode(self, x, y=None):
-        mu, logvar = self.to_moments(self.encoder(x)).chunk(2, dim=1)
-        return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
-
-    def decoder_output(self, z, y=None):
-        return self.decoder(z)
-
     def nll(self, output, x):
         """Pixel sum of squared errors per image (B,): a reconstruction proxy for evaluation, not the training loss."""
         return (torch.sigmoid(output.float()) - x.float()).pow(2).flatten(1).sum(1)

@@ -1,0 +1,122 @@
+"""vaelab vs pythae on the same VAE architecture, data split, batch size, optimizer and epochs, in one process.
+
+pythae is a peer, not a dependency: run this from a separate virtual environment holding both, e.g.
+
+    python3 -m venv /tmp/pythae-venv
+    /tmp/pythae-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 pythae -e .
+    /tmp/pythae-venv/bin/python benchmarks/pythae_compare.py --epochs 30 --k 1000
+
+The encoder and decoder are vaelab's own modules of the ``vae-mnist`` preset, wrapped in pythae's BaseEncoder /
+BaseDecoder, so both libraries train exactly the same network with the same loss (BCE summed over pixels + KL).
+After training, pythae's weights are loaded into a vaelab VAE and both are measured with the same ELBO and IWAE
+code on the 1,000 mnist5k test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vaelab.config import load_config
+from vaelab.data import first_images, load_data
+from vaelab.models.base import build_model
+from vaelab.train import Trainer, fill_data_shape
+
+
+def build_vaelab_model(epochs: int, precision: str = "fp32"):
+    cfg = load_config(preset="vae-mnist", overrides=[f"train.epochs={epochs}", f"train.precision={precision}",
+                                                     "train.tensorboard=false", "train.device=cpu"])
+    return cfg
+
+
+def train_pythae(cfg, x_train, x_test, epochs: int, out: Path):
+    from pythae.models import VAE as PythaeVAE, VAEConfig as PythaeVAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+    from pythae.pipelines import TrainingPipeline
+    from pythae.trainers import BaseTrainerConfig
+
+    torch.manual_seed(cfg.train.seed)
+    reference = build_model(cfg.model)  # the same modules vaelab trains
+
+    class Encoder(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.to_moments = reference.encoder, reference.to_moments
+
+        def forward(self, x):
+            mu, logvar = self.to_moments(self.encoder(x)).chunk(2, dim=1)
+            return ModelOutput(embedding=mu, log_covariance=logvar)
+
+    class Decoder(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.decoder = reference.decoder
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=torch.sigmoid(self.decoder(z)))
+
+    model = PythaeVAE(PythaeVAEConfig(input_dim=(1, 28, 28), latent_dim=cfg.model.latent_dim, reconstruction_loss="bce"),
+                      encoder=Encoder(), decoder=Decoder())
+    trainer_cfg = BaseTrainerConfig(output_dir=str(out), learning_rate=cfg.model.lr, num_epochs=epochs,
+                                    per_device_train_batch_size=cfg.train.batch_size,
+                                    per_device_eval_batch_size=500, optimizer_cls="Adam", no_cuda=True)
+    pipeline = TrainingPipeline(training_config=trainer_cfg, model=model)
+    before = reference.to_moments.weight.detach().clone()
+    start = time.perf_counter()
+    pipeline(train_data=x_train, eval_data=x_test)
+    seconds = time.perf_counter() - start
+    # pythae trains the wrapped modules in place: the final weights (not a best-on-eval copy) are measured
+    assert not torch.equal(before, reference.to_moments.weight), "pythae did not train the shared modules"
+    return reference.eval(), seconds
+
+
+def measure(model, x_test, k: int) -> dict:
+    torch.manual_seed(0)
+    model.eval()
+    with torch.no_grad():
+        elbo = torch.cat([model.elbo(x_test[i : i + 500])["elbo"] for i in range(0, len(x_test), 500)]).mean()
+        iwae = torch.cat([model.log_likelihood(x_test[i : i + 50], k) for i in range(0, len(x_test), 50)]).mean()
+    return {"elbo": float(elbo), "iwae": float(iwae)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--k", type=int, default=1000)
+    args = parser.parse_args()
+    cfg = build_vaelab_model(args.epochs)
+    data = load_data(cfg.data)
+    fill_data_shape(cfg, data)
+    x_train, x_test = first_images(data.train, len(data.train)), first_images(data.test, len(data.test))
+    n_images = args.epochs * len(x_train)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model, seconds = train_pythae(cfg, x_train, x_test, args.epochs, Path(tmp) / "pythae")
+        results["pythae"] = {"seconds": seconds, "images_per_s": n_images / seconds, **measure(model, x_test, args.k)}
+        for precision in ("fp32", "bf16"):
+            run_cfg = build_vaelab_model(args.epochs, precision)
+            start = time.perf_counter()
+            trainer = Trainer(run_cfg, Path(tmp) / f"vaelab-{precision}", progress=False)
+            trainer.fit()
+            seconds = time.perf_counter() - start
+            results[f"vaelab {precision}"] = {"seconds": seconds, "images_per_s": n_images / seconds,
+                                              **measure(trainer.model.float(), x_test, args.k)}
+    base = results["pythae"]["images_per_s"]
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"vae-mnist architecture, mnist5k train split (4,000), batch {cfg.train.batch_size}, Adam lr {cfg.model.lr}, "
+          f"{args.epochs} epochs; wall time of the whole training call (both evaluate the test set every epoch); "
+          f"ELBO / IWAE (K = {args.k}) on the 1,000 test images, nats, not binarized")
+    print("| library | train s | images/s | ratio vs pythae | test ELBO | test IWAE |\n|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['seconds']:.1f} | {r['images_per_s']:.0f} | {r['images_per_s'] / base:.2f}x | "
+              f"{r['elbo']:.2f} | {r['iwae']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

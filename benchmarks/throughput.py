@@ -1,0 +1,155 @@
+"""Training / sampling / evaluation throughput, FLOP rate against the machine's measured matmul peak, peak memory.
+
+    python benchmarks/throughput.py [--presets vae-mnist ...] [--precision fp32 bf16] [--steps 60] [--out FILE]
+
+Training throughput is the median of 5 windows of ``steps`` optimizer steps after warm-up, through the real
+training path (Trainer + model.training_step + the UpdateContext), data served from the in-memory tensor.
+FLOPs per image come from torch.utils.flop_counter over one training step (forward + backward); the peak is
+a large square matmul timed on this machine in fp32 and bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from vaelab.config import load_config
+from vaelab.data import epoch_batches, iterate_batches
+from vaelab.train import Trainer, _autocast
+
+MNIST_PRESETS = ["vae-mnist", "vae-wss18-mnist", "cvae-mnist", "dcvae-ssim-mnist", "dcgan-mnist", "wgan-gp-mnist",
+                 "acgan-mnist", "vaegan-mnist", "gvae-sagar-mnist", "avae-khan-mnist", "began-star-mnist"]
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def trainer_for(preset: str, precision: str, extra: list[str], out: Path) -> Trainer:
+    cfg = load_config(preset=preset, overrides=[f"train.precision={precision}", "train.tensorboard=false",
+                                                "train.device=cpu", *extra])
+    return Trainer(cfg, out, progress=False)
+
+
+def train_throughput(trainer: Trainer, steps: int, windows: int = 5) -> dict:
+    t = trainer.cfg.train
+    data = trainer.data.train
+    batches = []
+    epoch = 0
+    while len(batches) < steps * (windows + 1):
+        batches += epoch_batches(len(data), t.batch_size, t.seed, epoch)
+        epoch += 1
+    stream = iterate_batches(data, batches, trainer.device)
+    trainer.model.train()
+    rates = []
+    for w in range(windows + 1):  # window 0 is warm-up
+        start = time.perf_counter()
+        for _ in range(steps):
+            batch = next(stream)
+            with _autocast(t.precision, trainer.device):
+                trainer.model.training_step(batch, trainer.updater)
+            trainer.updater.step += 1
+        if w:
+            rates.append(steps * t.batch_size / (time.perf_counter() - start))
+    return {"images_per_s": statistics.median(rates), "windows": rates}
+
+
+def flops_per_image(trainer: Trainer) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    t = trainer.cfg.train
+    batch = next(iterate_batches(trainer.data.train, epoch_batches(len(trainer.data.train), t.batch_size, 0, 0)[:1],
+                                 trainer.device))
+    counter = FlopCounterMode(display=False)
+    with counter, _autocast(t.precision, trainer.device):
+        trainer.model.training_step(batch, trainer.updater)
+    return counter.get_total_flops() / t.batch_size
+
+
+@torch.no_grad()
+def sample_throughput(model, n: int = 2000, batch: int = 500) -> float:
+    model.eval()
+    y = torch.zeros(batch, dtype=torch.long) if model.is_conditional else None
+    model.sample(batch, y=y)
+    start = time.perf_counter()
+    for _ in range(n // batch):
+        model.sample(batch, y=y)
+    return n / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def iwae_throughput(model, x: torch.Tensor, k: int = 1000, images: int = 100) -> float:
+    """Images per second of the K-sample importance-weighted bound (extrapolate to 1,000 images)."""
+    model.eval()
+    start = time.perf_counter()
+    for i in range(0, images, 50):
+        model.log_likelihood(x[i : i + 50], k)
+    return images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--presets", nargs="*", default=MNIST_PRESETS)
+    parser.add_argument("--precision", nargs="*", default=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--iwae", action="store_true", help="also time the K=1000 IWAE bound")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"matmul peak: fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s")
+    rows = []
+    print("| preset | precision | batch | train img/s | GFLOP/img | achieved TFLOP/s | % of matmul peak | sample img/s |"
+          + (" IWAE K=1000 img/s |" if args.iwae else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if args.iwae else ""))
+    for preset in args.presets:
+        for precision in args.precision:
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer = trainer_for(preset, precision, args.sets, Path(tmp) / "run")
+                flops = flops_per_image(trainer)
+                thr = train_throughput(trainer, args.steps)
+                with _autocast(precision, trainer.device) if precision != "fp32" else nullcontext():
+                    samp = sample_throughput(trainer.model)
+                    iw = None
+                    if args.iwae and trainer.model.has_likelihood:
+                        from vaelab.data import first_images
+
+                        iw = iwae_throughput(trainer.model, first_images(trainer.data.test, 100))
+            achieved = flops * thr["images_per_s"]
+            row = {"preset": preset, "precision": precision, "batch": trainer.cfg.train.batch_size,
+                   "train_images_per_s": thr["images_per_s"], "gflop_per_image": flops / 1e9,
+                   "achieved_tflops": achieved / 1e12, "peak_fraction": achieved / peaks[precision],
+                   "sample_images_per_s": samp, "iwae_images_per_s": iw}
+            rows.append(row)
+            line = (f"| {preset} | {precision} | {row['batch']} | {row['train_images_per_s']:.0f} | "
+                    f"{row['gflop_per_image']:.4f} | {row['achieved_tflops']:.4f} | {100 * row['peak_fraction']:.1f}% | "
+                    f"{samp:.0f} |")
+            if args.iwae:
+                line += f" {iw:.1f} |" if iw else " n/a |"
+            print(line, flush=True)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak resident memory of this process: {peak_rss:.0f} MiB")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"peaks": peaks, "rows": rows, "peak_rss_mib": peak_rss}, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
