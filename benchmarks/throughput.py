@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--iwae", action="store_true", help="also time the K=1000 IWAE bound")
+    parser.add_argument("--compile", action="store_true", help="train.compile=true (compile time is in the warm-up window)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -123,7 +124,8 @@ def main() -> None:
     for preset in args.presets:
         for precision in args.precision:
             with tempfile.TemporaryDirectory() as tmp:
-                trainer = trainer_for(preset, precision, args.sets, Path(tmp) / "run")
+                sets = [*args.sets, *(["train.compile=true"] if args.compile else [])]
+                trainer = trainer_for(preset, precision, sets, Path(tmp) / "run")
                 flops = flops_per_image(trainer)
                 thr = train_throughput(trainer, args.steps)
                 with _autocast(precision, trainer.device) if precision != "fp32" else nullcontext():

@@ -203,3 +203,34 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs_done"] == state["epoch"] + 1 and summary["steps"] == (state["epoch"] + 1) * 40
+
+
+def test_on_nan_rollback_restores_lowers_the_lr_and_finishes(tmp_path, monkeypatch):
+    import vaelab.models.vae as vae_module
+
+    real_kl = vae_module.kl_standard_normal
+    calls = {"n": 0}
+
+    def kl_that_breaks(mu, logvar):
+        calls["n"] += 1
+        out = real_kl(mu, logvar)
+        return out * float("nan") if calls["n"] in (6, 9) else out  # twice: two rollbacks
+
+    monkeypatch.setattr(vae_module, "kl_standard_normal", kl_that_breaks)
+    cfg = tiny_config(**{"train.epochs": 1, "train.checkpoint_every_steps": 2, "train.on_nan": "rollback"})
+    with pytest.warns(UserWarning, match="rolled back to step 4"):
+        summary = train(cfg, tmp_path / "r", progress=False)
+    assert summary["stopped_by"] == "epochs" and summary["steps"] == 40
+    rows = RunFolder(tmp_path / "r").read_metrics()
+    rollbacks = [r for r in rows if r["event"] == "rollback"]
+    # kl call 6 is step 6 (5 done, back to the step-4 checkpoint); call 9 is step 7 (6 done, back to step 6)
+    assert [r["failed_at_step"] for r in rollbacks] == [5, 6] and [r["step"] for r in rollbacks] == [4, 6]
+    assert rollbacks[-1]["lr_vae"] == pytest.approx(1e-3 * 0.25)  # compounded: two halvings
+    state = RunFolder(tmp_path / "r").load_checkpoint()
+    assert state["optimizers"]["vae"]["param_groups"][0]["lr"] == pytest.approx(2.5e-4)
+
+    cfg = tiny_config(**{"train.epochs": 1, "train.checkpoint_every_steps": 2, "train.on_nan": "rollback",
+                         "train.max_rollbacks": 0})
+    calls["n"] = 0
+    with pytest.raises(TrainingDiverged, match="--on-nan rollback"):
+        train(cfg, tmp_path / "s", progress=False)

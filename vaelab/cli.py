@@ -68,6 +68,7 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed"),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="stop cleanly after this much training: 90s, 10m, 1h"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimizer steps"),
+    on_nan: Optional[str] = typer.Option(None, "--on-nan", help="stop | rollback (restore the last checkpoint, halve the lr, go on)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/<preset>, made unique)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its newest checkpoint"),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="one run per value: --sweep model.latent_dim=100,500,1000"),
@@ -81,7 +82,8 @@ def train(
     cli_sets = list(overrides)
     for key, value in (("data.name", data), ("data.root", data_root), ("train.epochs", epochs),
                        ("train.batch_size", batch_size), ("train.precision", precision), ("train.device", device),
-                       ("train.seed", seed), ("train.time_budget", time_budget), ("train.max_steps", max_steps)):
+                       ("train.seed", seed), ("train.time_budget", time_budget), ("train.max_steps", max_steps),
+                       ("train.on_nan", on_nan)):
         if value is not None:
             cli_sets.append(f"{key}={value}")
     if download:

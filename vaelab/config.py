@@ -63,7 +63,11 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps
     time_budget: str | None = None  # stop cleanly after this much training time: 90s, 10m, 1.5h
     eval_images: int = 1000  # test images for the per-epoch test ELBO (the final one uses up to 10,000)
+    on_nan: Literal["stop", "rollback"] = "stop"  # rollback: restore the last checkpoint, lower the lr, go on
+    max_rollbacks: int = 3
+    rollback_lr_factor: float = 0.5
     tensorboard: bool = True
+    compile: bool = False  # torch.compile each sub-network in place (same weights and checkpoints); see RESULTS.md
 
 
 @dataclass

@@ -18,6 +18,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,9 @@ class Trainer:
         self.data = load_data(cfg.data)
         fill_data_shape(cfg, self.data)
         self.model: GenerativeModel = build_model(cfg.model).to(self.device)
+        if t.compile:  # in place, so parameter names (and checkpoints) are those of the eager model
+            for child in self.model.children():
+                child.compile()
         self.optimizers = self.model.configure_optimizers()
         use_scaler = t.precision == "fp16"
         self.scalers = {n: torch.amp.GradScaler(self.device.type) for n in self.optimizers} if use_scaler else {}
@@ -175,6 +179,7 @@ class Trainer:
             )
 
         self.pos = Position()
+        self.rollbacks = 0
         self.elapsed = 0.0  # training wall time over all sessions of this run, for time budgets
         if resume:
             self._restore(self.run.load_checkpoint())
@@ -233,6 +238,24 @@ class Trainer:
             if buffer.is_floating_point():
                 torch.distributed.all_reduce(buffer)
                 buffer /= self.world
+
+    def _roll_back(self, reason: str) -> None:
+        """Restore the newest checkpoint and scale every learning rate by train.rollback_lr_factor."""
+        t = self.cfg.train
+        self.rollbacks += 1
+        failed_at, elapsed = self.pos.step, self.elapsed
+        in_force = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()}
+        self._restore(self.run.load_checkpoint())
+        self.elapsed = elapsed  # the failed stretch still counts against a time budget
+        for name, opt in self.optimizers.items():  # compounding: scale the rates in force, not the checkpoint's
+            for group, lr in zip(opt.param_groups, in_force[name]):
+                group["lr"] = lr * t.rollback_lr_factor
+        lrs = {name: opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
+        self.log({"event": "rollback", "step": self.pos.step, "failed_at_step": failed_at, "reason": reason,
+                  "rollback": self.rollbacks, **{f"lr_{n}": v for n, v in lrs.items()}})
+        if self.is_main:
+            warnings.warn(f"{reason}; rolled back to step {self.pos.step} and scaled the learning rate by "
+                          f"{t.rollback_lr_factor} (rollback {self.rollbacks} of at most {t.max_rollbacks})")
 
     def save_checkpoint(self) -> None:
         self.sync_buffers()
@@ -349,6 +372,7 @@ class Trainer:
             bar = tqdm(total=len(batches), initial=self.pos.batch, desc=f"epoch {self.pos.epoch + 1}/{t.epochs}",
                        disable=not (self.progress and self.is_main and sys.stderr.isatty()), leave=False, dynamic_ncols=True)
             tick = time.perf_counter()
+            rolled_back = False
             for batch in iterate_batches(self.data.train, batches[self.pos.batch :], self.device, self.cfg.data.num_workers):
                 self.updater.step = self.pos.step
                 try:
@@ -357,10 +381,14 @@ class Trainer:
                 except TrainingDiverged as exc:
                     bar.close()
                     last = self.run.checkpoints()
+                    if t.on_nan == "rollback" and last and self.rollbacks < t.max_rollbacks:
+                        self._roll_back(str(exc))
+                        rolled_back = True
+                        break
                     where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
                     raise TrainingDiverged(
-                        f"{exc}. Training stopped; {where}. Lower the learning rate (--set model.lr=...) or use "
-                        f"--precision fp32, then continue with `vaelab train --resume {self.run.path}`."
+                        f"{exc}. Training stopped; {where}. Lower the learning rate (--set model.lr=...), use "
+                        f"--precision fp32 or --on-nan rollback, then continue with `vaelab train --resume {self.run.path}`."
                     ) from None
                 self.pos.step += 1
                 self.pos.batch += 1
@@ -393,6 +421,9 @@ class Trainer:
                     break
                 tick = time.perf_counter()
             bar.close()
+            if rolled_back:  # back at the checkpoint's position: rebuild this epoch's batches from there
+                window, counts, window_images, window_time = {}, {}, 0, 0.0
+                continue
             if finished_reason == "interrupted":
                 self.save_checkpoint()
                 return {"interrupted": True, "step": self.pos.step, "run": str(self.run.path)}
