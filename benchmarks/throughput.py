@@ -77,8 +77,11 @@ def flops_per_image(trainer: Trainer) -> float:
     batch = next(iterate_batches(trainer.data.train, epoch_batches(len(trainer.data.train), t.batch_size, 0, 0)[:1],
                                  trainer.device))
     counter = FlopCounterMode(display=False)
-    with counter, _autocast(t.precision, trainer.device):
-        trainer.model.training_step(batch, trainer.updater)
+    try:
+        with counter, _autocast(t.precision, trainer.device):
+            trainer.model.training_step(batch, trainer.updater)
+    except RuntimeError:  # the flop counter cannot follow autograd.grad(create_graph=True) (gradient penalties)
+        return float("nan")
     return counter.get_total_flops() / t.batch_size
 
 
@@ -94,12 +97,12 @@ def sample_throughput(model, n: int = 2000, batch: int = 500) -> float:
 
 
 @torch.no_grad()
-def iwae_throughput(model, x: torch.Tensor, k: int = 1000, images: int = 100) -> float:
+def iwae_throughput(model, x: torch.Tensor, y: torch.Tensor | None, k: int = 1000, images: int = 100) -> float:
     """Images per second of the K-sample importance-weighted bound (extrapolate to 1,000 images)."""
     model.eval()
     start = time.perf_counter()
     for i in range(0, images, 50):
-        model.log_likelihood(x[i : i + 50], k)
+        model.log_likelihood(x[i : i + 50], k, None if y is None else y[i : i + 50])
     return images / (time.perf_counter() - start)
 
 
@@ -134,7 +137,9 @@ def main() -> None:
                     if args.iwae and trainer.model.has_likelihood:
                         from vaelab.data import first_images
 
-                        iw = iwae_throughput(trainer.model, first_images(trainer.data.test, 100))
+                        test = trainer.data.test
+                        labels = test.labels[:100] if trainer.model.is_conditional else None
+                        iw = iwae_throughput(trainer.model, first_images(test, 100), labels)
             achieved = flops * thr["images_per_s"]
             row = {"preset": preset, "precision": precision, "batch": trainer.cfg.train.batch_size,
                    "train_images_per_s": thr["images_per_s"], "gflop_per_image": flops / 1e9,

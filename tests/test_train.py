@@ -71,7 +71,8 @@ def test_checkpoints_are_pruned_and_round_trip(tmp_path):
     assert state["step"] == 40 and set(state["optimizers"]) == {"vae"}
 
 
-def test_nan_stops_with_the_term_and_step_and_keeps_good_checkpoints(tmp_path, monkeypatch):
+def inject_nan_kl(monkeypatch, at_calls: set[int]) -> None:
+    """Make the VAE's KL term NaN on the given (1-based) calls, i.e. on those training steps."""
     import vaelab.models.vae as vae_module
 
     real_kl = vae_module.kl_standard_normal
@@ -80,9 +81,13 @@ def test_nan_stops_with_the_term_and_step_and_keeps_good_checkpoints(tmp_path, m
     def kl_that_breaks(mu, logvar):
         calls["n"] += 1
         out = real_kl(mu, logvar)
-        return out * float("nan") if calls["n"] == 6 else out
+        return out * float("nan") if calls["n"] in at_calls else out
 
     monkeypatch.setattr(vae_module, "kl_standard_normal", kl_that_breaks)
+
+
+def test_nan_stops_with_the_term_and_step_and_keeps_good_checkpoints(tmp_path, monkeypatch):
+    inject_nan_kl(monkeypatch, {6})
     cfg = tiny_config(**{"train.epochs": 1, "train.checkpoint_every_steps": 2})
     with pytest.raises(TrainingDiverged) as err:
         train(cfg, tmp_path / "r", progress=False)
@@ -206,17 +211,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
 
 
 def test_on_nan_rollback_restores_lowers_the_lr_and_finishes(tmp_path, monkeypatch):
-    import vaelab.models.vae as vae_module
-
-    real_kl = vae_module.kl_standard_normal
-    calls = {"n": 0}
-
-    def kl_that_breaks(mu, logvar):
-        calls["n"] += 1
-        out = real_kl(mu, logvar)
-        return out * float("nan") if calls["n"] in (6, 9) else out  # twice: two rollbacks
-
-    monkeypatch.setattr(vae_module, "kl_standard_normal", kl_that_breaks)
+    inject_nan_kl(monkeypatch, {6, 9})  # twice: two rollbacks
     cfg = tiny_config(**{"train.epochs": 1, "train.checkpoint_every_steps": 2, "train.on_nan": "rollback"})
     with pytest.warns(UserWarning, match="rolled back to step 4"):
         summary = train(cfg, tmp_path / "r", progress=False)
@@ -229,8 +224,8 @@ def test_on_nan_rollback_restores_lowers_the_lr_and_finishes(tmp_path, monkeypat
     state = RunFolder(tmp_path / "r").load_checkpoint()
     assert state["optimizers"]["vae"]["param_groups"][0]["lr"] == pytest.approx(2.5e-4)
 
+    inject_nan_kl(monkeypatch, {6})  # the limit: with max_rollbacks=0 the run stops as before
     cfg = tiny_config(**{"train.epochs": 1, "train.checkpoint_every_steps": 2, "train.on_nan": "rollback",
                          "train.max_rollbacks": 0})
-    calls["n"] = 0
     with pytest.raises(TrainingDiverged, match="--on-nan rollback"):
         train(cfg, tmp_path / "s", progress=False)

@@ -80,7 +80,12 @@ def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10) 
     x_train, y_train = first_images(data.train, len(data.train)), data.train.labels
     x_test, y_test = first_images(data.test, len(data.test)), data.test.labels
     fake, fake_y = generate(model, len(x_train), seed + 1, k)
-    fit = lambda x, y: feats.train_classifier(x, y, k, epochs=epochs, seed=seed, x_test=x_test, y_test=y_test)[1]["test_accuracy"]
+    steps_per_epoch = max(1, len(x_train) // 128)
+
+    def fit(x, y):  # the same number of optimizer steps for every training set, however small
+        rounds = max(1, math.ceil(epochs * steps_per_epoch / max(1, len(x) // 128)))
+        return feats.train_classifier(x, y, k, epochs=rounds, seed=seed, x_test=x_test, y_test=y_test)[1]["test_accuracy"]
+
     gen = torch.Generator().manual_seed(seed)
     subset = torch.randperm(len(x_train), generator=gen)[: max(k, len(x_train) // 10)]
     if progress:
@@ -93,7 +98,8 @@ def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10) 
         "classification_accuracy_score": cas, "real_data_accuracy": real_acc,
         "subset_10pct_accuracy": small, "subset_10pct_plus_generated_accuracy": augmented,
         "augmentation_gain": augmented - small,
-        "settings": {"generated_images": len(fake), "subset_images": len(subset), "classifier_epochs": epochs,
+        "settings": {"generated_images": len(fake), "subset_images": len(subset),
+                     "classifier_steps": epochs * steps_per_epoch,
                      "test_images": len(x_test)},
     }
 

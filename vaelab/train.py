@@ -183,8 +183,8 @@ class Trainer:
         self.elapsed = 0.0  # training wall time over all sessions of this run, for time budgets
         if resume:
             self._restore(self.run.load_checkpoint())
-        elif self.rank > 0:
-            torch.manual_seed(t.seed + self.rank)  # same initial weights, different noise per process
+        if self.rank > 0:  # same initial weights, different noise per process (also after a resume)
+            torch.manual_seed(t.seed + self.rank + 1_000_003 * self.pos.step)
         self.writer = None
         if self.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
