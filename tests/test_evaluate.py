@@ -63,7 +63,7 @@ def test_binarized_protocol_changes_the_likelihood(runs):
 
 def test_evaluate_conditional_model_has_utility_and_gan_has_no_likelihood(runs):
     root, _ = runs
-    result = evaluate(root / "cvae", num_samples=200, features=[f"classifier:{root / 'clf'}"], k=5, utility_epochs=1,
+    result = evaluate(root / "cvae", num_samples=200, features=[f"classifier:{root / 'clf'}"], k=5, utility_epochs=3,
                       progress=False)
     util = result["synthetic_utility"]
     assert 0 <= util["classification_accuracy_score"] <= 1 and "augmentation_gain" in util
