@@ -368,7 +368,7 @@ def interpolate(
     zb, xb, yb = resolve_latent(model, end, split)
     label = ya if ya is not None else (0 if model.is_conditional else None)
     frames = interp(model, za, zb, max(2, steps), spherical, label)
-    row = [f for f in frames]
+    row = list(frames)
     if xa is not None and xb is not None:  # the inputs at both ends, for comparison with the decoded end points
         row = [xa, *row, xb]
     save_grid(torch.stack(row), out, nrow=len(row))

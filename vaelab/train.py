@@ -332,7 +332,6 @@ class Trainer:
 
     # the loop ----------------------------------------------------------------------------------------
     def fit(self) -> dict:
-        t = self.cfg.train
         stop = {"signal": False}
 
         def request_stop(signum, frame):

@@ -133,8 +133,6 @@ class AVAE(_BeganControlled, GaussianLatentModel):
     def __init__(self, config: AVAEConfig):
         super().__init__(config)
         c = config
-        if c.image_size is None or c.channels is None:
-            raise ConfigError("model.image_size and model.channels must be set (training fills them from the data)")
         self._build_discriminator(c)
         self.encoder = BeganEncoder(c.channels, c.image_size, c.filters, self.levels, 2 * c.latent_dim)
         self.decoder = BeganDecoder(c.latent_dim, c.channels, c.image_size, c.filters, self.levels)
@@ -213,8 +211,6 @@ class BEGANStar(_BeganControlled, GenerativeModel):
     def __init__(self, config: BEGANStarConfig):
         super().__init__(config)
         c = config
-        if c.image_size is None or c.channels is None:
-            raise ConfigError("model.image_size and model.channels must be set (training fills them from the data)")
         self._build_discriminator(c)
         self.generator = BeganDecoder(c.latent_dim, c.channels, c.image_size, c.filters, self.levels)
 

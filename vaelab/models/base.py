@@ -79,6 +79,10 @@ class GenerativeModel(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        if getattr(config, "image_size", 0) is None or getattr(config, "channels", 0) is None:
+            raise ConfigError("model.image_size and model.channels must be set (training fills them from the data)")
+        if self.is_conditional and (not config.num_classes or config.num_classes < 2):
+            raise ConfigError("model.num_classes must be set (training fills it from the data's class labels)")
 
     @property
     def device(self) -> torch.device:

@@ -38,11 +38,6 @@ class CVAE(VAE):
     config_class = CVAEConfig
     is_conditional = True
 
-    def __init__(self, config: CVAEConfig):
-        if not config.num_classes or config.num_classes < 2:
-            raise ConfigError("model.num_classes must be set (training fills it from the data's class labels)")
-        super().__init__(config)
-
     def condition_size(self) -> int:
         return self.config.num_classes
 

@@ -93,8 +93,6 @@ class DCGAN(GenerativeModel):
     def __init__(self, config):
         super().__init__(config)
         c = config
-        if c.image_size is None or c.channels is None:
-            raise ConfigError("model.image_size and model.channels must be set (training fills them from the data)")
         k = self.condition_size()
         self.generator = ConvDecoder(c.latent_dim + k, c.channels, c.image_size, c.generator_widths, "batch")
         self.discriminator = Discriminator(c.channels, c.image_size, c.discriminator_widths, c.discriminator_norm, k)
@@ -167,11 +165,6 @@ class WGANGP(DCGAN):
 class ACGAN(DCGAN):
     config_class = ACGANConfig
     is_conditional = True
-
-    def __init__(self, config):
-        if not config.num_classes or config.num_classes < 2:
-            raise ConfigError("model.num_classes must be set (training fills it from the data's class labels)")
-        super().__init__(config)
 
     def condition_size(self) -> int:
         return self.config.num_classes

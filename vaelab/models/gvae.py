@@ -104,8 +104,6 @@ class GVAE(GaussianLatentModel):
     def __init__(self, config: GVAEConfig):
         super().__init__(config)
         c = config
-        if c.image_size is None or c.channels is None:
-            raise ConfigError("model.image_size and model.channels must be set (training fills them from the data)")
         layers: list[nn.Module] = []
         ch, size = c.channels, c.image_size
         for width in c.encoder_widths:

@@ -65,8 +65,6 @@ class SSIMVAE(GaussianLatentModel):
     def __init__(self, config: SSIMVAEConfig):
         super().__init__(config)
         c = config
-        if c.image_size is None or c.channels is None:
-            raise ConfigError("model.image_size and model.channels must be set (training fills them from the data)")
         self.encoder = ConvEncoder(c.channels, c.image_size, c.widths, "batch", c.leaky_slope, padding=c.padding, norm_first=True)
         self.to_moments = nn.Linear(self.encoder.out_features, 2 * c.latent_dim)
         self.decoder = ConvDecoder(c.latent_dim, c.channels, c.image_size, c.widths, "batch", padding=c.padding, slope=c.leaky_slope)

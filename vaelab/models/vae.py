@@ -101,8 +101,6 @@ class VAE(GaussianLatentModel):
     def __init__(self, config: VAEConfig):
         super().__init__(config)
         c = config
-        if c.image_size is None or c.channels is None:
-            raise ConfigError("model.image_size and model.channels must be set (training fills them from the data)")
         if c.arch == "wss18":
             if (c.image_size, c.channels) != (28, 1):
                 raise ConfigError(

@@ -74,8 +74,6 @@ class VAEGAN(GaussianLatentModel):
     def __init__(self, config: VAEGANConfig):
         super().__init__(config)
         c = config
-        if c.image_size is None or c.channels is None:
-            raise ConfigError("model.image_size and model.channels must be set (training fills them from the data)")
         self.encoder = ConvEncoder(c.channels, c.image_size, c.widths, "batch", 0.2)
         self.to_moments = nn.Linear(self.encoder.out_features, 2 * c.latent_dim)
         self.decoder = ConvDecoder(c.latent_dim, c.channels, c.image_size, c.widths, "batch")
