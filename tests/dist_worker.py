@@ -24,7 +24,7 @@ def main(out, record, batch_size, steps):
         # sigma = exp(-15): z = mu, so the per-process reparameterisation noise cannot tell the runs apart
         "model.logvar_min=-30", "model.logvar_max=-30",
         f"train.max_steps={steps}", "train.log_every=1", "train.tensorboard=false", "train.num_sample_images=4",
-        "train.device=cpu", "train.checkpoint_every_steps=2"])
+        "train.checkpoint_every_steps=2"])  # device "auto", as the CLI default
     trainer = Trainer(cfg, out, progress=False)
     if rank == 0:
         torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{record}-init.pt")

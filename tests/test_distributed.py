@@ -50,3 +50,21 @@ def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path):
     close = float((two - one).norm() / one.norm())
     far = float((half - one).norm() / one.norm())
     assert close < 1e-3 and far > 0.05, (close, far)
+
+
+@pytest.mark.slow
+def test_torchrun_cli_with_default_device_and_folder_trains_one_run(tmp_path):
+    """`torchrun -m vaelab train` as README writes it (device auto, no --out): the processes join one gloo group,
+    agree on one run folder and print one summary."""
+    from conftest import tiny_overrides
+
+    sets = [a for s in tiny_overrides(**{"train.max_steps": 4, "train.epochs": 1}) for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(29700 + os.getpid() % 1000), "-m", "vaelab", "train", "--no-progress", *sets]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["vae-mnist"]
+    assert result.stdout.count("done: 4 steps") == 1, result.stdout
+    summary = json.loads((tmp_path / "runs" / "vae-mnist" / "summary.json").read_text())
+    assert summary["processes"] == 2

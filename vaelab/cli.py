@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +25,27 @@ app = typer.Typer(
 def _fail(message: str, code: int = 2):
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _say(message: str) -> None:
+    """Print on the main process only (under torchrun every process runs this command)."""
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(message)
+
+
+def _decided_by_rank_zero(device: str, decide):
+    """``decide()`` on rank 0, its answer on every process: all processes of a torchrun launch must use one run
+    folder, and checking for an existing one races with rank 0 creating it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return decide()
+    import torch.distributed as dist
+
+    from .train import join_processes
+
+    _, rank, _ = join_processes(device)
+    answer = [decide() if rank == 0 else None]
+    dist.broadcast_object_list(answer, src=0)
+    return answer[0]
 
 
 def user_errors(fn):
@@ -112,17 +134,20 @@ def train(
     else:
         raw = read_config_file(config) if config else read_preset(preset or "vae-mnist")
         cfg = build_config(apply_overrides(raw, cli_sets))
-        if out is not None:
+
+        def new_run_folder() -> Path:
+            if out is None:
+                return _unique_run_dir(Path("runs") / cfg.name)
             if RunFolder(out).exists():
                 _fail(f"{out} already holds a run; continue it with `vaelab train --resume {out}` or choose another --out")
-            target = out
-        else:
-            target = _unique_run_dir(Path("runs") / cfg.name)
+            return out
+
+        target = _decided_by_rank_zero(cfg.train.device, new_run_folder)
         resuming = False
-    typer.echo(f"training {cfg.model.name} ({cfg.name}) on {cfg.data.name} -> {target}")
+    _say(f"training {cfg.model.name} ({cfg.name}) on {cfg.data.name} -> {target}")
     summary = run_training(cfg, target, resume=resuming, progress=progress)
     if summary.get("interrupted"):
-        typer.echo(f"interrupted at step {summary['step']}; checkpoint saved. Continue with: vaelab train --resume {target}")
+        _say(f"interrupted at step {summary['step']}; checkpoint saved. Continue with: vaelab train --resume {target}")
         raise typer.Exit(130)
     line = f"done: {summary['steps']} steps, {summary['images_per_s']:.0f} images/s, {summary['train_seconds']:.1f} s"
     if "test_elbo" in summary:
@@ -130,8 +155,8 @@ def train(
                  f"nll {summary['test_nll']:.2f}, KL {summary['test_kl']:.2f}) on {summary['test_images']} test images")
     elif "test_loss" in summary:
         line += f"\ntest loss {summary['test_loss']:.2f} (reconstruction {summary['test_recon']:.2f}, KL {summary['test_kl']:.2f})"
-    typer.echo(line)
-    typer.echo(f"run folder: {target}")
+    _say(line)
+    _say(f"run folder: {target}")
 
 
 def _train_sweep(sweep: str, preset, config, cli_sets: list[str], progress: bool) -> None:

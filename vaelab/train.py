@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import signal
 import sys
@@ -114,11 +115,20 @@ class _Updater:
             opt.zero_grad(set_to_none=True)
 
 
-def _device_and_processes(device: str):
+def join_processes(device: str):
     """(device, rank, world) from Accelerate's PartialState, which also joins torchrun's process group."""
     from accelerate import PartialState
 
-    state = PartialState(cpu=device == "cpu")
+    accelerator = torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available())
+    # Accelerate joins torchrun's CPU process group (gloo) only when told cpu=True; with "auto" on a machine
+    # without an accelerator each process would otherwise train alone and all would write the same folder.
+    state = PartialState(cpu=device == "cpu" or (device == "auto" and not accelerator))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if state.num_processes != launched:
+        raise ConfigError(f"this is one of {launched} launched processes (WORLD_SIZE={launched}) but only "
+                          f"{state.num_processes} joined the process group on device '{device}'; "
+                          "set --set train.device=cpu (gloo) or use one CUDA GPU per process")
     if device not in ("auto", "cpu"):
         return torch.device(device), state.process_index, state.num_processes
     return state.device, state.process_index, state.num_processes
@@ -152,7 +162,7 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.run = RunFolder(out)
         t = cfg.train
-        self.device, self.rank, self.world = _device_and_processes(t.device)
+        self.device, self.rank, self.world = join_processes(t.device)
         if t.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use bf16 (fast on CPUs with AMX/AVX-512 BF16) or fp32")
         self.is_main = self.rank == 0
