@@ -2,6 +2,7 @@
 it saw and a checksum of its parameters. On ranks other than 0 every run-folder write raises."""
 
 import json
+import os
 import sys
 
 import torch
@@ -12,7 +13,7 @@ from vaelab.train import Trainer
 
 
 def main(out, record, batch_size, steps):
-    rank = int(__import__("os").environ.get("RANK", 0))
+    rank = int(os.environ.get("RANK", 0))
     if rank != 0:
         def forbidden(*args, **kwargs):
             raise AssertionError(f"rank {rank} wrote to the run folder")
@@ -25,6 +26,19 @@ def main(out, record, batch_size, steps):
         "model.logvar_min=-30", "model.logvar_max=-30",
         f"train.max_steps={steps}", "train.log_every=1", "train.tensorboard=false", "train.num_sample_images=4",
         "train.checkpoint_every_steps=2"])  # device "auto", as the CLI default
+    nan_step = int(os.environ.get("VAELAB_TEST_NAN_ON_RANK1_AT_STEP", "0"))
+    if nan_step:  # rank 1 alone sees a NaN KL on that step; --on-nan rollback must take both ranks back together
+        cfg.train.on_nan = "rollback"
+        if rank == 1:
+            import vaelab.models.vae as vae_module
+
+            real_kl, calls = vae_module.kl_standard_normal, {"n": 0}
+
+            def kl_that_breaks(mu, logvar):
+                calls["n"] += 1
+                return real_kl(mu, logvar) * (float("nan") if calls["n"] == nan_step else 1.0)
+
+            vae_module.kl_standard_normal = kl_that_breaks
     trainer = Trainer(cfg, out, progress=False)
     if rank == 0:
         torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{record}-init.pt")
@@ -40,7 +54,7 @@ def main(out, record, batch_size, steps):
     trainer.model.training_step = recording_step
     trainer.fit()
     with open(f"{record}-rank{rank}.json", "w") as fh:
-        json.dump({"world": trainer.world, "steps": seen}, fh)
+        json.dump({"world": trainer.world, "steps": seen, "rollbacks": trainer.rollbacks}, fh)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
-def _run(nproc, out, record, batch, steps):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent)}
+def _run(nproc, out, record, batch, steps, **env_extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent), **env_extra}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
                str(29500 + nproc + (os.getpid() % 1000)), str(WORKER), str(out), str(record), str(batch), str(steps)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -68,3 +68,17 @@ def test_torchrun_cli_with_default_device_and_folder_trains_one_run(tmp_path):
     assert result.stdout.count("done: 4 steps") == 1, result.stdout
     summary = json.loads((tmp_path / "runs" / "vae-mnist" / "summary.json").read_text())
     assert summary["processes"] == 2
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_rolls_back_every_rank_together(tmp_path):
+    """Rank 1 alone sees a NaN at step 5: both ranks agree it diverged (no rank left waiting in the all-reduce),
+    roll back to the step-4 checkpoint together, and finish with identical weights."""
+    _run(2, tmp_path / "r", tmp_path / "r", batch=50, steps=8, VAELAB_TEST_NAN_ON_RANK1_AT_STEP="5")
+    ranks = [json.loads((tmp_path / f"r-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rollbacks"] for r in ranks] == [1, 1]
+    assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == 8  # steps 1-4, 5-8 after the rollback (5 failed)
+    for a, b in zip(ranks[0]["steps"], ranks[1]["steps"]):
+        assert a["checksum"] == pytest.approx(b["checksum"], rel=1e-9, abs=1e-9)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["failed_at_step"] for r in rows if r["event"] == "rollback"] == [5]

@@ -218,8 +218,8 @@ def test_on_nan_rollback_restores_lowers_the_lr_and_finishes(tmp_path, monkeypat
     assert summary["stopped_by"] == "epochs" and summary["steps"] == 40
     rows = RunFolder(tmp_path / "r").read_metrics()
     rollbacks = [r for r in rows if r["event"] == "rollback"]
-    # kl call 6 is step 6 (5 done, back to the step-4 checkpoint); call 9 is step 7 (6 done, back to step 6)
-    assert [r["failed_at_step"] for r in rollbacks] == [5, 6] and [r["step"] for r in rollbacks] == [4, 6]
+    # kl call 6 is step 6 (back to the step-4 checkpoint); call 9 is step 7 (steps 5, 6 redone; back to step 6)
+    assert [r["failed_at_step"] for r in rollbacks] == [6, 7] and [r["step"] for r in rollbacks] == [4, 6]
     assert rollbacks[-1]["lr_vae"] == pytest.approx(1e-3 * 0.25)  # compounded: two halvings
     state = RunFolder(tmp_path / "r").load_checkpoint()
     assert state["optimizers"]["vae"]["param_groups"][0]["lr"] == pytest.approx(2.5e-4)

@@ -73,12 +73,20 @@ class _Updater:
 
     def update_many(self, losses: dict[str, torch.Tensor], terms: dict[str, torch.Tensor] | None = None) -> None:
         """Gradients of every ``{optimizer: loss}`` from the current graph first, then the steps in dict order."""
-        for name, loss in losses.items():
-            if not bool(torch.isfinite(loss.detach())):
-                bad = {k: float(v.detach()) for k, v in (terms or {}).items() if not bool(torch.isfinite(v.detach()))}
-                term = next(iter(bad), "loss")
-                value = bad.get(term, float(loss.detach()))
-                raise TrainingDiverged(f"loss term '{term}' (optimizer '{name}') became {value} at step {self.step + 1}")
+        # One flag per loss, agreed across processes (MIN), read with one sync: every process stops together,
+        # never one raising while the others wait in the gradient all-reduce.
+        finite = torch.stack([torch.isfinite(loss.detach()).all() for loss in losses.values()]).float()
+        if self.world > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not bool(finite.all()):
+            name, loss = next((n, l) for (n, l), ok in zip(losses.items(), finite.tolist()) if not ok)
+            if bool(torch.isfinite(loss.detach())):
+                raise TrainingDiverged(f"the loss of optimizer '{name}' became non-finite on another process "
+                                       f"at step {self.step + 1}")
+            bad = {k: float(v.detach()) for k, v in (terms or {}).items() if not bool(torch.isfinite(v.detach()))}
+            term = next(iter(bad), "loss")
+            value = bad.get(term, float(loss.detach()))
+            raise TrainingDiverged(f"loss term '{term}' (optimizer '{name}') became {value} at step {self.step + 1}")
         pending = []
         names = list(losses)
         for i, name in enumerate(names):
@@ -253,7 +261,7 @@ class Trainer:
         """Restore the newest checkpoint and scale every learning rate by train.rollback_lr_factor."""
         t = self.cfg.train
         self.rollbacks += 1
-        failed_at, elapsed = self.pos.step, self.elapsed
+        failed_at, elapsed = self.pos.step + 1, self.elapsed  # the step that diverged
         in_force = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()}
         self._restore(self.run.load_checkpoint())
         self.elapsed = elapsed  # the failed stretch still counts against a time budget
