@@ -82,3 +82,38 @@ def test_a_nan_on_one_rank_rolls_back_every_rank_together(tmp_path):
         assert a["checksum"] == pytest.approx(b["checksum"], rel=1e-9, abs=1e-9)
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["failed_at_step"] for r in rows if r["event"] == "rollback"] == [5]
+
+
+@pytest.mark.slow
+def test_evaluation_split_across_two_processes_equals_one_process(tmp_path):
+    """`torchrun -m vaelab evaluate`: likelihood batches, samples and features are split across the processes
+    and gathered; the metrics equal a one-process evaluation, and only the main process writes eval/."""
+    from conftest import tiny_overrides
+
+    from vaelab.config import load_config
+    from vaelab.evaluate import evaluate
+    from vaelab.train import train
+
+    run = tmp_path / "run"
+    train(load_config(overrides=tiny_overrides(**{"train.max_steps": 20, "train.epochs": 1})), run, progress=False)
+    os.chdir(tmp_path)  # the domain classifier goes to ./classifiers/
+    # 1,000 test images in 10 likelihood batches and 2 sample chunks: each process takes its share
+    one = evaluate(run, k=8, utility=False, progress=False)
+    (run / "eval").rename(tmp_path / "eval-one")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(29800 + os.getpid() % 1000), "-m", "vaelab", "evaluate", str(run), "--k", "8", "--no-utility"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == 1  # one report, from the main process
+    two = json.loads((run / "eval" / "metrics.json").read_text())
+    assert (one["processes"], two["processes"]) == (1, 2)
+    for key in ("elbo_nats", "iwae_nats", "kl_nats", "reconstruction_mse_per_pixel"):
+        assert two["likelihood"][key] == pytest.approx(one["likelihood"][key], rel=1e-6), key
+    for name, space in one["sample_metrics"]["features"].items():
+        other = two["sample_metrics"]["features"][name]
+        for key in ("fid", "precision", "recall", "is"):
+            if key in space:
+                assert other[key] == pytest.approx(space[key], rel=1e-5), (name, key)
+        assert other.get("class_coverage") == space.get("class_coverage")
+    assert two["sample_metrics"]["mmd_pixels"]["mmd2"] == pytest.approx(one["sample_metrics"]["mmd_pixels"]["mmd2"], rel=1e-5)

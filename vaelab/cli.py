@@ -316,14 +316,17 @@ def evaluate(
     download: bool = typer.Option(False, "--download", help="allow downloading the Inception weights"),
     utility: bool = typer.Option(True, "--utility/--no-utility", help="classification accuracy score and augmentation gain"),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto; under torchrun one per process"),
 ):
-    """Measure a run: likelihood (ELBO, IWAE, reconstruction, KL) and samples (FID/KID/IS, MMD, MS-SSIM, P/R, ...)."""
+    """Measure a run: likelihood (ELBO, IWAE, reconstruction, KL) and samples (FID/KID/IS, MMD, MS-SSIM, P/R, ...).
+    Under torchrun the work is split across the processes, with the same result as one process."""
     from .evaluate import evaluate as run_evaluation, headline
 
     result = run_evaluation(run, split=split, num_samples=num_samples, features=features, k=k, binarized=binarized,
                             inception_weights=inception_weights, download=download, utility=utility, seed=seed,
                             device=device)
+    if result is None:  # not the main process of a torchrun launch: the main one reports
+        return
     for key, value in headline(result).items():
         typer.echo(f"{key:32s} {value:.5g}" if isinstance(value, float) else f"{key:32s} {value}")
     typer.echo(f"wrote {run / 'eval' / 'metrics.json'} and report.md ({result['seconds']:.1f} s)")

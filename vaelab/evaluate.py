@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from .errors import VaelabError
 from .metrics import features as feats
 from .metrics import samples as sm
 from .metrics.likelihood import likelihood_metrics
+from .processes import barrier, chunk_seed, is_main_process, map_chunks, rank_and_world
 from .run import RunFolder, atomic_write_text, load
 
 
@@ -51,8 +53,9 @@ def _resolve_features(specs: list[str], run_cfg, data, inception_weights, downlo
         if spec == "auto":
             if data.train.labels is not None and data.num_classes >= 2:
                 folder = classifier_folder_for(run_cfg.data)
-                if not (folder / "classifier.json").is_file():
+                if is_main_process() and not (folder / "classifier.json").is_file():
                     train_and_save_classifier(data, folder, progress=progress)
+                barrier()  # the other processes load what the main process trained
                 extractors.append(feats.ClassifierExtractor(folder))
             if feats.inception_weights_path(inception_weights) is not None or download:
                 extractors.append(feats.InceptionExtractor(inception_weights, download))
@@ -63,23 +66,37 @@ def _resolve_features(specs: list[str], run_cfg, data, inception_weights, downlo
 
 @torch.no_grad()
 def generate(model, n: int, seed: int, num_classes: int, batch: int = 500):
-    """n samples (float (n, C, H, W) in [0, 1]) and their labels for conditional models (uniform over classes)."""
-    gen = torch.Generator().manual_seed(seed)
+    """n samples (float (n, C, H, W) in [0, 1]) and their labels for conditional models (uniform over classes).
+
+    Chunks of ``batch`` are seeded by their index and split across processes under torchrun (every process gets
+    all n, the same set as one process draws)."""
     labels = torch.arange(n) % num_classes if model.is_conditional else None
-    chunks = []
-    for i in range(0, n, batch):
-        y = None if labels is None else labels[i : i + batch].to(model.device)
-        chunks.append(model.sample(min(batch, n - i), y=y, generator=gen).float().cpu())
-    return torch.cat(chunks), labels
+
+    def chunk(i: int) -> torch.Tensor:
+        y = None if labels is None else labels[i * batch : (i + 1) * batch].to(model.device)
+        gen = torch.Generator().manual_seed(chunk_seed(seed, i))
+        return model.sample(min(batch, n - i * batch), y=y, generator=gen).float().cpu()
+
+    return torch.cat(map_chunks(chunk, math.ceil(n / batch))), labels
 
 
-def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10) -> dict:
+@torch.no_grad()
+def embed(extractor, x: torch.Tensor, batch: int = 250) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(features (N, d), logits (N, K) or None) of images x in one pass, split across processes under torchrun."""
+    parts = map_chunks(lambda i: extractor.embed(x[i * batch : (i + 1) * batch]), math.ceil(len(x) / batch))
+    features = torch.cat([f for f, _ in parts])
+    return features, (torch.cat([l for _, l in parts]) if extractor.has_logits else None)
+
+
+def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10, generated=None) -> dict:
     """Classification accuracy score (train on generated, test on real) and the augmentation gain of generated
-    data over a 10% real subset, for conditional models on labelled data (Ravuri & Vinyals 2019)."""
+    data over a 10% real subset, for conditional models on labelled data (Ravuri & Vinyals 2019).
+
+    ``generated``: (images, labels) from ``generate(model, len(train), seed + 1, classes)``, drawn here if None."""
     k = data.num_classes
     x_train, y_train = first_images(data.train, len(data.train)), data.train.labels
     x_test, y_test = first_images(data.test, len(data.test)), data.test.labels
-    fake, fake_y = generate(model, len(x_train), seed + 1, k)
+    fake, fake_y = generated or generate(model, len(x_train), seed + 1, k)
     steps_per_epoch = max(1, len(x_train) // 128)
 
     def fit(x, y):  # the same number of optimizer steps for every training set, however small
@@ -107,15 +124,24 @@ def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10) 
 def evaluate(run: str | Path, split: str = "test", num_samples: int | None = None, features: list[str] = ("auto",),
              k: int = 1000, binarized: bool = False, inception_weights: str | None = None, download: bool = False,
              utility: bool = True, utility_epochs: int = 10, seed: int = 0, device: str = "cpu",
-             progress: bool = True) -> dict:
-    """Measure one run; returns the metrics dict and writes RUN/eval/."""
+             progress: bool = True) -> dict | None:
+    """Measure one run; returns the metrics dict and writes RUN/eval/.
+
+    Under torchrun / accelerate launch the likelihood batches, the samples and their features are split across
+    the processes and gathered, with the same result as one process; the main process alone computes the
+    set-level metrics and writes RUN/eval/ (the others return None)."""
     start = time.perf_counter()
+    if split not in ("test", "train"):
+        raise VaelabError(f"--split must be test or train, got {split!r}")
     folder = RunFolder(run)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from .train import join_processes
+
+        device = str(join_processes(device)[0])
+    main = is_main_process()
     model = load(run, device=device)
     cfg = model.run_config
     data = load_data(cfg.data)
-    if split not in ("test", "train"):
-        raise VaelabError(f"--split must be test or train, got {split!r}")
     part = data.test if split == "test" else data.train
     x_real = first_images(part, len(part))
     y_real = part.labels
@@ -128,6 +154,15 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
                                                   progress=progress)
 
     fake, fake_labels = generate(model, n, seed, max(1, data.num_classes))
+    embedded = {}
+    for extractor in _resolve_features(list(features), cfg, data, inception_weights, download, progress and main):
+        embedded[extractor] = (embed(extractor, x_real), embed(extractor, fake))
+    generated = None
+    if utility and model.is_conditional and data.train.labels is not None:
+        generated = generate(model, len(data.train), seed + 1, data.num_classes)
+    if not main:
+        return None
+
     samples: dict = {}
     samples["mmd_pixels"] = sm.mmd(x_real.flatten(1), fake.flatten(1))
     samples["ms_ssim_samples"] = sm.ms_ssim_diversity(fake, pairs=min(1000, n * 2), seed=seed)
@@ -135,28 +170,27 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     samples["sharpness_samples"] = sm.sharpness(fake)
     samples["sharpness_real"] = sm.sharpness(x_real)
     spaces = {}
-    for extractor in _resolve_features(list(features), cfg, data, inception_weights, download, progress):
-        f_real, f_fake = extractor.features(x_real), extractor.features(fake)
+    for extractor, ((f_real, logits_real), (f_fake, logits)) in embedded.items():
         space = {"settings": dict(extractor.settings)}
         space["fid"] = sm.fid(f_real, f_fake)
         space.update(sm.kid(f_real, f_fake, seed=seed))
         space.update(sm.precision_recall(f_real, f_fake, k=3))
         space["mmd"] = sm.mmd(f_real, f_fake)
-        if extractor.has_logits:
-            logits = extractor.logits(fake)
+        if logits is not None:
             space.update(sm.inception_score(logits, seed=seed))
             if isinstance(extractor, feats.ClassifierExtractor):
                 space["class_coverage"] = sm.class_coverage(logits, logits.shape[1])
                 if fake_labels is not None:
                     space["conditional_accuracy"] = float((logits.argmax(1) == fake_labels).double().mean())
-                space["real_is"] = sm.inception_score(extractor.logits(x_real), seed=seed)["is"]
+                space["real_is"] = sm.inception_score(logits_real, seed=seed)["is"]
         spaces[extractor.name] = space
     samples["features"] = spaces
     result["sample_metrics"] = samples
 
-    if utility and model.is_conditional and data.train.labels is not None:
-        result["synthetic_utility"] = synthetic_utility(model, data, seed, progress, utility_epochs)
+    if generated is not None:
+        result["synthetic_utility"] = synthetic_utility(model, data, seed, progress, utility_epochs, generated)
     result["seconds"] = time.perf_counter() - start
+    result["processes"] = rank_and_world()[1]
 
     out = folder.path / "eval"
     out.mkdir(exist_ok=True)

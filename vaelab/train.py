@@ -137,7 +137,7 @@ def join_processes(device: str):
         raise ConfigError(f"this is one of {launched} launched processes (WORLD_SIZE={launched}) but only "
                           f"{state.num_processes} joined the process group on device '{device}'; "
                           "set --set train.device=cpu (gloo) or use one CUDA GPU per process")
-    if device not in ("auto", "cpu"):
+    if device not in ("auto", "cpu", "cuda"):  # "cuda" alone: Accelerate gives each process its own GPU
         return torch.device(device), state.process_index, state.num_processes
     return state.device, state.process_index, state.num_processes
 

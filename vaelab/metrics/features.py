@@ -116,6 +116,10 @@ class Extractor:
     def logits(self, x: torch.Tensor) -> torch.Tensor | None:
         return None
 
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features, logits or None) in one pass where the network gives both."""
+        return self.features(x), self.logits(x)
+
 
 class ClassifierExtractor(Extractor):
     has_logits = True
@@ -126,15 +130,16 @@ class ClassifierExtractor(Extractor):
         self.settings = {"extractor": self.name, "feature_dim": self.model.meta["feature_dim"],
                          "classifier_test_accuracy": self.model.meta.get("test_accuracy")}
 
-    def _run(self, x, which):
+    def embed(self, x):
         with torch.no_grad():
-            return torch.cat([self.model(x[i : i + 500])[which] for i in range(0, len(x), 500)])
+            parts = [self.model(x[i : i + 500]) for i in range(0, len(x), 500)]
+        return torch.cat([f for f, _ in parts]), torch.cat([l for _, l in parts])
 
     def features(self, x):
-        return self._run(x, 0)
+        return self.embed(x)[0]
 
     def logits(self, x):
-        return self._run(x, 1)
+        return self.embed(x)[1]
 
 
 class PixelExtractor(Extractor):
@@ -180,7 +185,7 @@ class InceptionExtractor(Extractor):
         self.settings = {"extractor": "inception-v3-compat (torch-fidelity weights)", "antialias": False,
                          "weights": str(path) if path else "downloaded"}
 
-    def _run(self, x):
+    def embed(self, x):
         out_f, out_l = [], []
         with torch.no_grad():
             for i in range(0, len(x), 100):
@@ -193,10 +198,10 @@ class InceptionExtractor(Extractor):
         return torch.cat(out_f), torch.cat(out_l)
 
     def features(self, x):
-        return self._run(x)[0]
+        return self.embed(x)[0]
 
     def logits(self, x):
-        return self._run(x)[1]
+        return self.embed(x)[1]
 
 
 def make_extractor(spec: str, inception_weights: str | None = None, download: bool = False) -> Extractor:

@@ -8,6 +8,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from ..processes import chunk_seed, is_main_process, map_chunks
+
 
 def binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
     """Dynamic binarization with a fixed seed: pixel ~ Bernoulli(intensity) (the binarized-MNIST protocol)."""
@@ -19,6 +21,9 @@ def likelihood_metrics(model, x: torch.Tensor, y: torch.Tensor | None = None, k:
                        binarized: bool = False, seed: int = 0, progress: bool = True) -> dict:
     """ELBO, the importance-weighted bound with ``k`` samples, reconstruction error and KL over images ``x``.
 
+    Under torchrun the batches are split across the processes and their sums gathered; every process returns
+    the same result, equal to a one-process run (each batch's noise is seeded by its index).
+
     x: float (N, C, H, W) in [0, 1]. Log-likelihoods are in nats per image and bits per dimension. Models whose
     reconstruction term is not a normalised likelihood (``has_likelihood`` False) get reconstruction and KL only.
     """
@@ -28,22 +33,26 @@ def likelihood_metrics(model, x: torch.Tensor, y: torch.Tensor | None = None, k:
     if binarized:
         x = binarize(x, seed)
     cond = y if model.is_conditional else None
-    totals = {"elbo": 0.0, "nll": 0.0, "kl": 0.0, "mse": 0.0, "iwae": 0.0}
     start = time.perf_counter()
+    count = math.ceil(len(x) / batch_size)
+    bar = tqdm(total=count, desc=f"likelihood (K={k})", disable=not (progress and is_main_process()), unit="batch")
+
+    def batch_sums(i: int) -> dict[str, float]:  # seeded by batch: the same numbers on any number of processes
+        xb = x[i * batch_size : (i + 1) * batch_size].to(device)
+        yb = None if cond is None else cond[i * batch_size : (i + 1) * batch_size].to(device)
+        torch.manual_seed(chunk_seed(seed, i))
+        out = model.elbo(xb, yb)
+        sums = {key: float(out[key].sum()) for key in ("elbo", "nll", "kl")}
+        sums["mse"] = float((model.reconstruct(xb, yb).float() - xb).pow(2).flatten(1).mean(1).sum())
+        if model.has_likelihood and k > 0:
+            sums["iwae"] = float(model.log_likelihood(xb, k, yb).sum())
+        bar.update(1)
+        return sums
+
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        bar = tqdm(total=len(x), desc=f"likelihood (K={k})", disable=not progress, unit="img")
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(device)
-            yb = None if cond is None else cond[i : i + batch_size].to(device)
-            out = model.elbo(xb, yb)
-            for key in ("elbo", "nll", "kl"):
-                totals[key] += float(out[key].sum())
-            totals["mse"] += float((model.reconstruct(xb, yb).float() - xb).pow(2).flatten(1).mean(1).sum())
-            if model.has_likelihood and k > 0:
-                totals["iwae"] += float(model.log_likelihood(xb, k, yb).sum())
-            bar.update(len(xb))
-        bar.close()
+        per_batch = map_chunks(batch_sums, count)  # on several processes: each its share, gathered
+    bar.close()
+    totals = {key: sum(b.get(key, 0.0) for b in per_batch) for key in ("elbo", "nll", "kl", "mse", "iwae")}
     n = len(x)
     mean = {key: value / n for key, value in totals.items()}
     per_bpd = lambda nats: -nats / (dims * math.log(2))

@@ -1,6 +1,7 @@
 """Sample-side metrics: FID, KID, IS (torchmetrics), MMD, MS-SSIM diversity, precision/recall, class coverage,
 sharpness. Features are extracted once by the caller; FID/KID/IS receive them through an identity module, so
-torchmetrics does the statistics (and the reduction across processes) without a second pass of the network.
+torchmetrics does the statistics without a second pass of the network. The feature sets are complete (gathered
+from every process by ``evaluate.embed``), so torchmetrics' own cross-process sync is off (``sync_on_compute``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def fid(real_features: torch.Tensor, fake_features: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to the two feature sets (torchmetrics)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=_Given(real_features.shape[1]), normalize=True)
+    metric = FrechetInceptionDistance(feature=_Given(real_features.shape[1]), normalize=True, sync_on_compute=False)
     metric.update(real_features.double(), real=True)
     metric.update(fake_features.double(), real=False)
     return float(metric.compute())
@@ -44,7 +45,8 @@ def kid(real_features: torch.Tensor, fake_features: torch.Tensor, subsets: int =
     from torchmetrics.image.kid import KernelInceptionDistance
 
     size = min(subset_size, len(real_features), len(fake_features))
-    metric = KernelInceptionDistance(feature=_Given(real_features.shape[1]), subsets=subsets, subset_size=size)
+    metric = KernelInceptionDistance(feature=_Given(real_features.shape[1]), subsets=subsets, subset_size=size,
+                                      sync_on_compute=False)
     metric.update(real_features.double(), real=True)
     metric.update(fake_features.double(), real=False)
     with torch.random.fork_rng(devices=[]):
@@ -57,7 +59,7 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> di
     """exp(E_x KL(p(y|x) || p(y))) from classifier logits, mean and std over splits (torchmetrics)."""
     from torchmetrics.image.inception import InceptionScore
 
-    metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
+    metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits, sync_on_compute=False)
     metric.update(logits.double())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
