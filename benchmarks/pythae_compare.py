@@ -5,6 +5,7 @@ pythae is a peer, not a dependency: run this from a separate virtual environment
     python3 -m venv /tmp/pythae-venv
     /tmp/pythae-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 pythae -e .
     /tmp/pythae-venv/bin/python benchmarks/pythae_compare.py --epochs 30 --k 1000
+    /tmp/pythae-venv/bin/python benchmarks/pythae_compare.py --model vaegan --epochs 10
 
 The encoder and decoder are vaelab's own modules of the ``vae-mnist`` preset, wrapped in pythae's BaseEncoder /
 BaseDecoder, so both libraries train exactly the same network with the same loss (BCE summed over pixels + KL).
@@ -28,10 +29,9 @@ from vaelab.models.base import build_model
 from vaelab.train import Trainer, fill_data_shape
 
 
-def build_vaelab_model(epochs: int, precision: str = "fp32"):
-    cfg = load_config(preset="vae-mnist", overrides=[f"train.epochs={epochs}", f"train.precision={precision}",
-                                                     "train.tensorboard=false", "train.device=cpu"])
-    return cfg
+def build_vaelab_model(epochs: int, precision: str = "fp32", preset: str = "vae-mnist"):
+    return load_config(preset=preset, overrides=[f"train.epochs={epochs}", f"train.precision={precision}",
+                                                 "train.tensorboard=false", "train.device=cpu"])
 
 
 def train_pythae(cfg, x_train, x_test, epochs: int, out: Path):
@@ -76,6 +76,78 @@ def train_pythae(cfg, x_train, x_test, epochs: int, out: Path):
     return reference.eval(), seconds
 
 
+def train_pythae_vaegan(cfg, x_train, x_test, epochs: int, out: Path):
+    """pythae's VAEGAN (its own losses and CoupledOptimizerAdversarialTrainer) on vaelab's vaegan-mnist networks,
+    RMSprop at the preset's learning rate for all three optimizers, as vaelab uses."""
+    from pythae.models import VAEGAN as PythaeVAEGAN, VAEGANConfig as PythaeVAEGANConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseDiscriminator, BaseEncoder
+    from pythae.pipelines import TrainingPipeline
+    from pythae.trainers import CoupledOptimizerAdversarialTrainerConfig
+
+    torch.manual_seed(cfg.train.seed)
+    reference = build_model(cfg.model)
+
+    class Encoder(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.to_moments = reference.encoder, reference.to_moments
+
+        def forward(self, x):
+            mu, logvar = self.to_moments(self.encoder(x)).chunk(2, dim=1)
+            return ModelOutput(embedding=mu, log_covariance=logvar)
+
+    class Decoder(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.decoder = reference.decoder
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=torch.sigmoid(self.decoder(z)))
+
+    class Discriminator(BaseDiscriminator):
+        depth = 1  # one feature layer: Dis_l, the same stage vaelab's feature loss uses
+
+        def __init__(self):
+            super().__init__()
+            self.discriminator = reference.discriminator
+
+        def forward(self, x, output_layer_levels=None):
+            features, logit = self.discriminator(x)
+            out = ModelOutput(embedding=torch.sigmoid(logit).unsqueeze(1))
+            for level in output_layer_levels or []:
+                out[f"embedding_layer_{level}"] = features
+            return out
+
+    model = PythaeVAEGAN(PythaeVAEGANConfig(input_dim=(1, 28, 28), latent_dim=cfg.model.latent_dim,
+                                            reconstruction_layer=1),
+                         encoder=Encoder(), decoder=Decoder(), discriminator=Discriminator())
+    lr = cfg.model.lr
+    trainer_cfg = CoupledOptimizerAdversarialTrainerConfig(
+        output_dir=str(out), num_epochs=epochs, per_device_train_batch_size=cfg.train.batch_size,
+        per_device_eval_batch_size=500, no_cuda=True, encoder_optimizer_cls="RMSprop", decoder_optimizer_cls="RMSprop",
+        discriminator_optimizer_cls="RMSprop", encoder_learning_rate=lr, decoder_learning_rate=lr,
+        discriminator_learning_rate=lr)
+    pipeline = TrainingPipeline(training_config=trainer_cfg, model=model)
+    start = time.perf_counter()
+    pipeline(train_data=x_train, eval_data=x_test)
+    return reference.eval(), time.perf_counter() - start
+
+
+def measure_samples(model, x_test, classifier) -> dict:
+    """For models without a pixel likelihood: reconstruction MSE and FID / precision / recall of 1,000 samples in
+    the domain classifier's feature space (the same code for both libraries)."""
+    from vaelab.evaluate import generate
+    from vaelab.metrics import samples as sm
+
+    model.eval()
+    with torch.no_grad():
+        mse = float((model.reconstruct(x_test) - x_test).pow(2).mean())
+        fake, _ = generate(model, len(x_test), 0, 10)
+        f_real, f_fake = classifier.features(x_test), classifier.features(fake)
+    return {"mse": mse, "fid": sm.fid(f_real, f_fake), **sm.precision_recall(f_real, f_fake, k=3)}
+
+
 def measure(model, x_test, k: int) -> dict:
     torch.manual_seed(0)
     model.eval()
@@ -87,35 +159,47 @@ def measure(model, x_test, k: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=["vae", "vaegan"], default="vae")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--k", type=int, default=1000)
+    parser.add_argument("--classifier", default="classifiers/mnist5k",
+                        help="vaegan: domain classifier folder (`vaelab train-classifier` makes it)")
     args = parser.parse_args()
-    cfg = build_vaelab_model(args.epochs)
+    preset = "vae-mnist" if args.model == "vae" else "vaegan-mnist"
+    cfg = build_vaelab_model(args.epochs, preset=preset)
     data = load_data(cfg.data)
     fill_data_shape(cfg, data)
     x_train, x_test = first_images(data.train, len(data.train)), first_images(data.test, len(data.test))
     n_images = args.epochs * len(x_train)
+    if args.model == "vae":
+        train_peer, score = train_pythae, lambda m: measure(m, x_test, args.k)
+    else:
+        from vaelab.metrics.features import ClassifierExtractor
+
+        classifier = ClassifierExtractor(args.classifier)
+        train_peer, score = train_pythae_vaegan, lambda m: measure_samples(m, x_test, classifier)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model, seconds = train_pythae(cfg, x_train, x_test, args.epochs, Path(tmp) / "pythae")
-        results["pythae"] = {"seconds": seconds, "images_per_s": n_images / seconds, **measure(model, x_test, args.k)}
+        model, seconds = train_peer(cfg, x_train, x_test, args.epochs, Path(tmp) / "pythae")
+        results["pythae"] = {"seconds": seconds, "images_per_s": n_images / seconds, **score(model)}
         for precision in ("fp32", "bf16"):
-            run_cfg = build_vaelab_model(args.epochs, precision)
+            run_cfg = build_vaelab_model(args.epochs, precision, preset)
             start = time.perf_counter()
             trainer = Trainer(run_cfg, Path(tmp) / f"vaelab-{precision}", progress=False)
             trainer.fit()
             seconds = time.perf_counter() - start
             results[f"vaelab {precision}"] = {"seconds": seconds, "images_per_s": n_images / seconds,
-                                              **measure(trainer.model.float(), x_test, args.k)}
+                                              **score(trainer.model.float())}
     base = results["pythae"]["images_per_s"]
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"vae-mnist architecture, mnist5k train split (4,000), batch {cfg.train.batch_size}, Adam lr {cfg.model.lr}, "
-          f"{args.epochs} epochs; wall time of the whole training call (both evaluate the test set every epoch); "
-          f"ELBO / IWAE (K = {args.k}) on the 1,000 test images, nats, not binarized")
-    print("| library | train s | images/s | ratio vs pythae | test ELBO | test IWAE |\n|---|---|---|---|---|---|")
+    print(f"{preset} networks, mnist5k train split (4,000), batch {cfg.train.batch_size}, lr {cfg.model.lr}, "
+          f"{args.epochs} epochs; wall time of the whole training call (both evaluate the test set every epoch)")
+    metrics = [k for k in results["pythae"] if k not in ("seconds", "images_per_s")]
+    print(f"| library | train s | images/s | ratio vs pythae | {' | '.join(metrics)} |")
+    print("|---" * (4 + len(metrics)) + "|")
     for name, r in results.items():
         print(f"| {name} | {r['seconds']:.1f} | {r['images_per_s']:.0f} | {r['images_per_s'] / base:.2f}x | "
-              f"{r['elbo']:.2f} | {r['iwae']:.2f} |")
+              + " | ".join(f"{r[m]:.3f}" for m in metrics) + " |")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def main(out, record, batch_size, steps):
         # sigma = exp(-15): z = mu, so the per-process reparameterisation noise cannot tell the runs apart
         "model.logvar_min=-30", "model.logvar_max=-30",
         f"train.max_steps={steps}", "train.log_every=1", "train.tensorboard=false", "train.num_sample_images=4",
-        "train.checkpoint_every_steps=2"])  # device "auto", as the CLI default
+        "train.checkpoint_every_steps=2",  # device "auto", as the CLI default
+        "train.precision=fp32"])  # the doubled-batch comparison is exact up to float order only in fp32
     nan_step = int(os.environ.get("VAELAB_TEST_NAN_ON_RANK1_AT_STEP", "0"))
     if nan_step:  # rank 1 alone sees a NaN KL on that step; --on-nan rollback must take both ranks back together
         cfg.train.on_nan = "rollback"

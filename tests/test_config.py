@@ -37,7 +37,7 @@ def test_unknown_key_lists_valid_keys_and_types():
     [
         ("train.epochs=three", "train.epochs: expected int"),
         ("train.batch_size=0", "train.batch_size must be at least 1"),
-        ("train.precision=fp8", "not one of 'fp32' | 'bf16' | 'fp16'"),
+        ("train.precision=fp8", "not one of 'auto' | 'fp32' | 'bf16' | 'fp16'"),
         ("model.likelihood=poisson", "model.likelihood"),
         ("model.latent_dim=-1", "latent_dim must be at least 1"),
         ("data.channels=2", "data.channels must be 1"),

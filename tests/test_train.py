@@ -229,3 +229,28 @@ def test_on_nan_rollback_restores_lowers_the_lr_and_finishes(tmp_path, monkeypat
                          "train.max_rollbacks": 0})
     with pytest.raises(TrainingDiverged, match="--on-nan rollback"):
         train(cfg, tmp_path / "s", progress=False)
+
+
+def test_auto_precision_is_bf16_only_for_models_measured_in_it_on_native_hardware(monkeypatch):
+    import vaelab.train as train_module
+    from vaelab.models.base import build_model
+
+    cpu = torch.device("cpu")
+    vae = build_model(tiny_config().model.__class__(image_size=28, channels=1))
+    gan = build_model(load_config(preset="dcgan-mnist").model.__class__(image_size=28, channels=1))
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: True)
+    assert train_module.resolve_precision("auto", cpu, vae) == "bf16"
+    assert train_module.resolve_precision("auto", cpu, gan) == "fp32"  # adversarial models: bf16 measured worse
+    assert train_module.resolve_precision("fp32", cpu, vae) == "fp32"
+    assert train_module.resolve_precision("bf16", cpu, gan) == "bf16"
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: False)
+    assert train_module.resolve_precision("auto", cpu, vae) == "fp32"
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp32")])
+def test_summary_records_the_precision_auto_chose(tmp_path, monkeypatch, native_bf16, expected):
+    import vaelab.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: native_bf16)
+    summary = train(tiny_config(**{"train.max_steps": 2, "train.device": "cpu"}), tmp_path / "r", progress=False)
+    assert summary["precision"] == expected

@@ -85,7 +85,7 @@ def train(
     strict: bool = typer.Option(False, "--strict", help="a corrupt image file is an error instead of a skipped file"),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="number of epochs (with --resume: the new total)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the CPU/GPU runs it natively) | fp32 | bf16 | fp16"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="stop cleanly after this much training: 90s, 10m, 1h"),

@@ -25,7 +25,7 @@ import yaml
 
 from .errors import ConfigError
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass
@@ -51,7 +51,9 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     seed: int = 0
-    precision: Precision = "fp32"
+    # auto: bf16 autocast for the models measured to keep their quality in it (the VAEs), on a GPU with bf16 or a
+    # CPU with AMX / AVX-512 BF16; fp32 elsewhere (benchmarks/RESULTS.md). fp16 (+ GradScaler) is CUDA only
+    precision: Precision = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     log_every: int = 25  # steps between metrics.jsonl / TensorBoard rows
     checkpoint_every_steps: int = 0  # 0: only at the end of epochs (see checkpoint_every_epochs)

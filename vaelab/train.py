@@ -142,6 +142,26 @@ def join_processes(device: str):
     return state.device, state.process_index, state.num_processes
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX or AVX-512 BF16 (read from /proc/cpuinfo; False where it cannot be read)."""
+    try:
+        return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", Path("/proc/cpuinfo").read_text()))
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device, model: GenerativeModel) -> str:
+    """train.precision 'auto' -> bf16 for a model measured to keep its quality in bf16, on hardware that runs it
+    natively; fp32 otherwise. Other values are returned unchanged."""
+    if precision != "auto":
+        return precision
+    if not model.bf16_by_default:
+        return "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
 def _autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return nullcontext()
@@ -171,8 +191,6 @@ class Trainer:
         self.run = RunFolder(out)
         t = cfg.train
         self.device, self.rank, self.world = join_processes(t.device)
-        if t.precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use bf16 (fast on CPUs with AMX/AVX-512 BF16) or fp32")
         self.is_main = self.rank == 0
         self.time_budget = parse_duration(t.time_budget) if t.time_budget else None
 
@@ -180,11 +198,14 @@ class Trainer:
         self.data = load_data(cfg.data)
         fill_data_shape(cfg, self.data)
         self.model: GenerativeModel = build_model(cfg.model).to(self.device)
+        self.precision = resolve_precision(t.precision, self.device, self.model)
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use bf16 (fast on CPUs with AMX/AVX-512 BF16) or fp32")
         if t.compile:  # in place, so parameter names (and checkpoints) are those of the eager model
             for child in self.model.children():
                 child.compile()
         self.optimizers = self.model.configure_optimizers()
-        use_scaler = t.precision == "fp16"
+        use_scaler = self.precision == "fp16"
         self.scalers = {n: torch.amp.GradScaler(self.device.type) for n in self.optimizers} if use_scaler else {}
         self.updater = _Updater(self.optimizers, self.scalers, self.world, t.grad_clip_norm, self.device.type)
         if self.data.train.images is not None:
@@ -307,7 +328,7 @@ class Trainer:
         batches = epoch_batches(n, 500, 0, 0, shuffle=False, drop_last=False)
         totals = {"elbo": 0.0, "nll": 0.0, "kl": 0.0}
         self.model.eval()
-        with torch.random.fork_rng(devices=[]), _autocast(self.cfg.train.precision, self.device):
+        with torch.random.fork_rng(devices=[]), _autocast(self.precision, self.device):
             torch.manual_seed(self.cfg.train.seed)
             for batch in iterate_batches(test, batches, self.device):
                 out = self.model.elbo(batch["x"], batch["y"] if self.model.is_conditional else None)
@@ -393,7 +414,7 @@ class Trainer:
             for batch in iterate_batches(self.data.train, batches[self.pos.batch :], self.device, self.cfg.data.num_workers):
                 self.updater.step = self.pos.step
                 try:
-                    with _autocast(t.precision, self.device):
+                    with _autocast(self.precision, self.device):
                         losses = self.model.training_step(batch, self.updater)
                 except TrainingDiverged as exc:
                     bar.close()
@@ -484,7 +505,7 @@ class Trainer:
             "epochs_done": self.pos.epoch,
             "train_seconds": self.elapsed,
             "images_per_s": self.pos.step * self.cfg.train.batch_size * self.world / max(self.elapsed, 1e-9),
-            "precision": self.cfg.train.precision,
+            "precision": self.precision,
             "device": str(self.device),
             "processes": self.world,
         }

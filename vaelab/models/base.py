@@ -75,6 +75,9 @@ class GenerativeModel(nn.Module):
     has_encoder: bool = False
     has_likelihood: bool = False  # elbo/log_likelihood are true bounds on log p(x) (not so for an SSIM loss)
     is_conditional: bool = False
+    # train.precision "auto" picks bf16 (on hardware that runs it natively) only for models whose quality in bf16
+    # was measured equal to fp32 (benchmarks/precision_quality.py; RESULTS.md)
+    bf16_by_default: bool = False
 
     def __init__(self, config):
         super().__init__()

@@ -97,6 +97,7 @@ class WSS18Decoder(nn.Module):
 @register("vae")
 class VAE(GaussianLatentModel):
     config_class = VAEConfig
+    bf16_by_default = True  # vae-mnist test ELBO, 3 seeds: fp32 -107.82 +- 0.33, bf16 -107.87 +- 0.59
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
