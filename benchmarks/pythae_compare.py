@@ -34,15 +34,10 @@ def build_vaelab_model(epochs: int, precision: str = "fp32", preset: str = "vae-
                                                  "train.tensorboard=false", "train.device=cpu"])
 
 
-def train_pythae(cfg, x_train, x_test, epochs: int, out: Path):
-    from pythae.models import VAE as PythaeVAE, VAEConfig as PythaeVAEConfig
+def pythae_encoder_decoder(reference):
+    """vaelab's own encoder (+ moments head) and decoder wrapped in pythae's BaseEncoder / BaseDecoder."""
     from pythae.models.base.base_utils import ModelOutput
     from pythae.models.nn import BaseDecoder, BaseEncoder
-    from pythae.pipelines import TrainingPipeline
-    from pythae.trainers import BaseTrainerConfig
-
-    torch.manual_seed(cfg.train.seed)
-    reference = build_model(cfg.model)  # the same modules vaelab trains
 
     class Encoder(BaseEncoder):
         def __init__(self):
@@ -61,8 +56,19 @@ def train_pythae(cfg, x_train, x_test, epochs: int, out: Path):
         def forward(self, z):
             return ModelOutput(reconstruction=torch.sigmoid(self.decoder(z)))
 
+    return Encoder(), Decoder()
+
+
+def train_pythae(cfg, x_train, x_test, epochs: int, out: Path):
+    from pythae.models import VAE as PythaeVAE, VAEConfig as PythaeVAEConfig
+    from pythae.pipelines import TrainingPipeline
+    from pythae.trainers import BaseTrainerConfig
+
+    torch.manual_seed(cfg.train.seed)
+    reference = build_model(cfg.model)  # the same modules vaelab trains
+
     model = PythaeVAE(PythaeVAEConfig(input_dim=(1, 28, 28), latent_dim=cfg.model.latent_dim, reconstruction_loss="bce"),
-                      encoder=Encoder(), decoder=Decoder())
+                      *pythae_encoder_decoder(reference))
     trainer_cfg = BaseTrainerConfig(output_dir=str(out), learning_rate=cfg.model.lr, num_epochs=epochs,
                                     per_device_train_batch_size=cfg.train.batch_size,
                                     per_device_eval_batch_size=500, optimizer_cls="Adam", no_cuda=True)
@@ -81,29 +87,12 @@ def train_pythae_vaegan(cfg, x_train, x_test, epochs: int, out: Path):
     RMSprop at the preset's learning rate for all three optimizers, as vaelab uses."""
     from pythae.models import VAEGAN as PythaeVAEGAN, VAEGANConfig as PythaeVAEGANConfig
     from pythae.models.base.base_utils import ModelOutput
-    from pythae.models.nn import BaseDecoder, BaseDiscriminator, BaseEncoder
+    from pythae.models.nn import BaseDiscriminator
     from pythae.pipelines import TrainingPipeline
     from pythae.trainers import CoupledOptimizerAdversarialTrainerConfig
 
     torch.manual_seed(cfg.train.seed)
     reference = build_model(cfg.model)
-
-    class Encoder(BaseEncoder):
-        def __init__(self):
-            super().__init__()
-            self.encoder, self.to_moments = reference.encoder, reference.to_moments
-
-        def forward(self, x):
-            mu, logvar = self.to_moments(self.encoder(x)).chunk(2, dim=1)
-            return ModelOutput(embedding=mu, log_covariance=logvar)
-
-    class Decoder(BaseDecoder):
-        def __init__(self):
-            super().__init__()
-            self.decoder = reference.decoder
-
-        def forward(self, z):
-            return ModelOutput(reconstruction=torch.sigmoid(self.decoder(z)))
 
     class Discriminator(BaseDiscriminator):
         depth = 1  # one feature layer: Dis_l, the same stage vaelab's feature loss uses
@@ -121,7 +110,7 @@ def train_pythae_vaegan(cfg, x_train, x_test, epochs: int, out: Path):
 
     model = PythaeVAEGAN(PythaeVAEGANConfig(input_dim=(1, 28, 28), latent_dim=cfg.model.latent_dim,
                                             reconstruction_layer=1),
-                         encoder=Encoder(), decoder=Decoder(), discriminator=Discriminator())
+                         *pythae_encoder_decoder(reference), discriminator=Discriminator())
     lr = cfg.model.lr
     trainer_cfg = CoupledOptimizerAdversarialTrainerConfig(
         output_dir=str(out), num_epochs=epochs, per_device_train_batch_size=cfg.train.batch_size,
