@@ -36,7 +36,9 @@ def _say(message: str) -> None:
 def _decided_by_rank_zero(device: str, decide):
     """``decide()`` on rank 0, its answer on every process: all processes of a torchrun launch must use one run
     folder, and checking for an existing one races with rank 0 creating it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    from .processes import launched_processes
+
+    if launched_processes() == 1:
         return decide()
     import torch.distributed as dist
 

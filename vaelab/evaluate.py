@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from .errors import VaelabError
 from .metrics import features as feats
 from .metrics import samples as sm
 from .metrics.likelihood import likelihood_metrics
-from .processes import barrier, chunk_seed, is_main_process, map_chunks, rank_and_world
+from .processes import barrier, chunk_seed, is_main_process, launched_processes, map_chunks, rank_and_world
 from .run import RunFolder, atomic_write_text, load
 
 
@@ -134,7 +133,7 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     if split not in ("test", "train"):
         raise VaelabError(f"--split must be test or train, got {split!r}")
     folder = RunFolder(run)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_processes() > 1:
         from .train import join_processes
 
         device = str(join_processes(device)[0])

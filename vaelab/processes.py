@@ -7,11 +7,17 @@ order. A chunk's randomness is seeded by its number, so the results do not depen
 
 from __future__ import annotations
 
+import os
 from typing import Callable, TypeVar
 
 import torch
 
 T = TypeVar("T")
+
+
+def launched_processes() -> int:
+    """How many processes the launcher (torchrun / accelerate launch) started; 1 for a plain command."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import signal
 import sys
@@ -31,6 +30,7 @@ from .config import Config
 from .data import DataSplits, epoch_batches, first_images, iterate_batches, load_data
 from .errors import ConfigError, TrainingDiverged
 from .models.base import GenerativeModel, build_model
+from .processes import launched_processes
 from .run import RunFolder, atomic_write_text
 
 CHECKPOINT_FORMAT = 1
@@ -132,7 +132,7 @@ def join_processes(device: str):
     # Accelerate joins torchrun's CPU process group (gloo) only when told cpu=True; with "auto" on a machine
     # without an accelerator each process would otherwise train alone and all would write the same folder.
     state = PartialState(cpu=device == "cpu" or (device == "auto" and not accelerator))
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = launched_processes()
     if state.num_processes != launched:
         raise ConfigError(f"this is one of {launched} launched processes (WORLD_SIZE={launched}) but only "
                           f"{state.num_processes} joined the process group on device '{device}'; "
