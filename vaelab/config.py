@@ -73,6 +73,9 @@ class TrainConfig:
     # NHWC weights and batches: oneDNN/cuDNN convolutions then skip a layout copy per call (vae-mnist +17% per step
     # on CPU; every preset but wgan-gp gains, RESULTS.md). Ignored on MPS
     channels_last: bool = True
+    # CPU, bf16: conv weight gradients on maps of <= 16 positions as one GEMM over strided patches (oneDNN is slow
+    # there; vae-mnist step +11%; vaelab/models/conv_weight_grad.py)
+    patch_gemm_weight_grads: bool = True
     fused_optimizer: bool = True  # Adam/AdamW/SGD with fused=True (one kernel per step; +5% on vae-mnist)
 
 

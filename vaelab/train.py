@@ -31,6 +31,7 @@ from .config import Config
 from .data import DataSplits, epoch_batches, first_images, iterate_batches, load_data
 from .errors import ConfigError, TrainingDiverged
 from .models.base import GenerativeModel, build_model
+from .models.conv_weight_grad import use_patch_gemm_weight_grads
 from .processes import launched_processes
 from .run import RunFolder, atomic_write_text
 
@@ -217,6 +218,8 @@ class Trainer:
         self.memory_format = torch.channels_last if t.channels_last and self.device.type != "mps" else None
         if self.memory_format is not None:
             self.model.to(memory_format=self.memory_format)
+        if t.patch_gemm_weight_grads and self.device.type == "cpu":
+            use_patch_gemm_weight_grads(self.model)
         self.precision = resolve_precision(t.precision, self.device, self.model)
         if self.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use bf16 (fast on CPUs with AMX/AVX-512 BF16) or fp32")

@@ -1,0 +1,146 @@
+"""Convolution weight gradients as one matrix product over strided patches, for small feature maps on CPU.
+
+oneDNN's backward-weights kernel is slow when the map it reduces over is tiny: the last 4x4 stride-2 conv of a
+28 px encoder (64 -> 128 channels, 7x7 -> 3x3) takes 1.1 ms in bf16 and the VAE-GAN discriminator's 256 -> 256
+conv on a 3x3 map 4.8 ms, where the same gradient written as patches^T @ grad_output (one GEMM, the patches a
+strided view of the channels-last input) takes 0.34 ms and 0.38 ms (benchmarks/RESULTS.md, "Patch-GEMM weight
+gradients"). So in bf16 and for maps of at most ``MAX_POSITIONS`` positions, ``use_patch_gemm_weight_grads`` makes
+the conv layers of a model compute their weight gradient that way; forward and input gradients stay oneDNN's. In
+fp32 the GEMM is bound by the same slow fp32 units and whole steps measured no faster, so fp32 stays native.
+
+The choice is a fixed rule, not a per-run timing, so that runs, resumed runs and processes stay bit-identical.
+Double backward (gradient penalties) takes the native path, which autograd can differentiate.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The strided side's map (conv output, transposed-conv input) at most this many positions: 3x3 and 4x4 maps.
+# Measured in bf16: patch GEMM 1.5-12x faster at 1-9 positions, mixed at 7x7, slower at 14x14.
+MAX_POSITIONS = 16
+
+
+def _patches(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+             out_size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) -> (B * oh * ow, kh * kw * C): every receptive field of a strided conv, as GEMM rows."""
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel, stride, padding, out_size
+    padded = F.pad(x, (pw, pw, ph, ph)).contiguous(memory_format=torch.channels_last)
+    b, c = padded.shape[:2]
+    s_b, s_c, s_h, s_w = padded.stride()
+    view = padded.as_strided((b, oh, ow, kh, kw, c), (s_b, sh * s_h, sw * s_w, s_h, s_w, s_c))
+    return view.reshape(b * oh * ow, kh * kw * c)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B * H * W, C) (a view when ``t`` is channels-last)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def patch_gemm_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, weight_shape: torch.Size, stride, padding,
+                           transposed: bool) -> torch.Tensor:
+    """d loss / d weight of ``conv2d`` (weight (O, C, kh, kw)) or ``conv_transpose2d`` (weight (C, O, kh, kw)).
+
+    conv:       dW[o, c, i, j] = sum_{b,h,w} grad_out[b, o, h, w] * x_pad[b, c, h*s + i, w*s + j]
+    transposed: dW[c, o, i, j] = sum_{b,h,w} x[b, c, h, w] * grad_out_pad[b, o, h*s + i, w*s + j]
+    """
+    kernel = tuple(weight_shape[2:])
+    if transposed:  # the transposed conv's input plays the output of a strided conv over grad_out
+        cols = _patches(grad_out, kernel, stride, padding, tuple(x.shape[2:]))
+        grad = _rows(x).t() @ cols  # (C, kh * kw * O)
+        return grad.view(weight_shape[0], *kernel, weight_shape[1]).permute(0, 3, 1, 2)
+    cols = _patches(x, kernel, stride, padding, tuple(grad_out.shape[2:]))
+    grad = _rows(grad_out).t() @ cols  # (O, kh * kw * C)
+    return grad.view(weight_shape[0], *kernel, weight_shape[1]).permute(0, 3, 1, 2)
+
+
+def _wanted(ctx, i: int) -> bool:
+    """Whether this backward call needs the gradient of input ``i``. ``needs_input_grad`` only says the input
+    requires grad; a call of ``autograd.grad`` over some parameters (VAE-GAN's three optimizers) needs fewer, and
+    native convolutions skip the rest the same way (the engine's per-call execution info)."""
+    if not ctx.needs_input_grad[i]:
+        return False
+    node = ctx.next_functions[i][0]
+    return node is not None and torch._C._will_engine_execute_node(node)
+
+
+class _Conv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, transposed, output_padding):
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (stride, padding, transposed, output_padding)
+        ctx.bias_shape = None if bias is None else list(bias.shape)
+        if transposed:
+            return F.conv_transpose2d(x, weight, bias, stride, padding, output_padding)
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        stride, padding, transposed, output_padding = ctx.geometry
+        need_x, need_w, need_b = (_wanted(ctx, i) for i in range(3))
+        patch = need_w and not torch.is_grad_enabled()  # double backward: the differentiable native op below
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad_out, x, weight, ctx.bias_shape, list(stride), list(padding), [1, 1], transposed,
+            list(output_padding), 1, [need_x, need_w and not patch, need_b and ctx.bias_shape is not None])
+        if patch:
+            grad_w = patch_gemm_weight_grad(x, grad_out, weight.shape, stride, padding, transposed)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _strided_positions(module: nn.Module, x: torch.Tensor) -> int:
+    if isinstance(module, nn.ConvTranspose2d):
+        return x.shape[2] * x.shape[3]
+    (kh, kw), (sh, sw), (ph, pw) = module.kernel_size, module.stride, module.padding
+    return ((x.shape[2] + 2 * ph - kh) // sh + 1) * ((x.shape[3] + 2 * pw - kw) // sw + 1)
+
+
+def _forward(module: nn.Module, x: torch.Tensor, output_size=None) -> torch.Tensor:
+    transposed = isinstance(module, nn.ConvTranspose2d)
+    native = nn.ConvTranspose2d.forward if transposed else nn.Conv2d.forward
+    if (output_size is not None or x.device.type != "cpu" or x.dim() != 4 or not torch.is_grad_enabled()
+            or _strided_positions(module, x) > MAX_POSITIONS):
+        return native(module, x) if output_size is None else native(module, x, output_size)
+    weight, bias = module.weight, module.bias
+    autocast = torch.is_autocast_enabled("cpu")
+    if (torch.get_autocast_dtype("cpu") if autocast else weight.dtype) != torch.bfloat16:
+        return native(module, x)  # fp32: the patch GEMM measured no faster in whole steps (fp32 GEMMs are slow too)
+    if autocast:  # cast as autocast would, then run the function outside it
+        x, weight = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+        bias = None if bias is None else bias.to(torch.bfloat16)
+    # the engine answers "will this node run" for graph nodes only, not for leaves under autograd.grad: a view
+    # puts a node between a leaf (a parameter, a gradient penalty's input) and the function
+    x, weight, bias = (t.view_as(t) if t is not None and t.requires_grad and t.grad_fn is None else t
+                       for t in (x, weight, bias))
+    with torch.autocast("cpu", enabled=False):
+        return _Conv.apply(x, weight, bias, module.stride, module.padding, transposed,
+                           module.output_padding if transposed else (0, 0))
+
+
+class PatchGemmConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state dict) whose weight gradient uses the patch GEMM on small maps."""
+
+    def forward(self, x):
+        return _forward(self, x)
+
+
+class PatchGemmConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (same parameters and state dict) whose weight gradient uses the patch GEMM on small maps."""
+
+    def forward(self, x, output_size=None):
+        return _forward(self, x, output_size)
+
+
+def use_patch_gemm_weight_grads(model: nn.Module) -> int:
+    """Switch every plain 2-d conv of ``model`` (groups 1, dilation 1, zero padding) to the classes above, in place;
+    returns how many were switched. Parameters, names and checkpoints are unchanged."""
+    switched = 0
+    for module in model.modules():
+        target = {nn.Conv2d: PatchGemmConv2d, nn.ConvTranspose2d: PatchGemmConvTranspose2d}.get(type(module))
+        if target and module.groups == 1 and module.dilation == (1, 1) and module.padding_mode == "zeros" \
+                and isinstance(module.padding, tuple):
+            module.__class__ = target
+            switched += 1
+    return switched
