@@ -31,6 +31,25 @@ MNIST_PRESETS = ["vae-mnist", "vae-wss18-mnist", "cvae-mnist", "dcvae-ssim-mnist
                  "acgan-mnist", "vaegan-mnist", "gvae-sagar-mnist", "avae-khan-mnist", "began-star-mnist"]
 
 
+def shapes_folder(root: Path, count: int, size: int = 64, seed: int = 0) -> Path:
+    """``count`` generated RGB PNGs of ``size`` px: a few random ellipses and rectangles on a coloured ground."""
+    from PIL import Image, ImageDraw
+
+    rng = torch.Generator().manual_seed(seed)
+    rand = lambda lo, hi: int(torch.randint(lo, hi, (1,), generator=rng))
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        img = Image.new("RGB", (size, size), tuple(rand(0, 256) for _ in range(3)))
+        draw = ImageDraw.Draw(img)
+        for _ in range(rand(1, 4)):
+            x0, y0 = rand(0, size - 8), rand(0, size - 8)
+            box = (x0, y0, x0 + rand(6, size // 2), y0 + rand(6, size // 2))
+            colour = tuple(rand(0, 256) for _ in range(3))
+            (draw.ellipse if rand(0, 2) else draw.rectangle)(box, fill=colour)
+        img.save(root / f"{i:05d}.png")
+    return root
+
+
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
@@ -61,9 +80,7 @@ def train_throughput(trainer: Trainer, steps: int, windows: int = 5) -> dict:
     for w in range(windows + 1):  # window 0 is warm-up
         start = time.perf_counter()
         for _ in range(steps):
-            batch = next(stream)
-            with _autocast(t.precision, trainer.device):
-                trainer.model.training_step(batch, trainer.updater)
+            trainer.train_step(next(stream))
             trainer.updater.step += 1
         if w:
             rates.append(steps * t.batch_size / (time.perf_counter() - start))
@@ -78,8 +95,8 @@ def flops_per_image(trainer: Trainer) -> float:
                                  trainer.device))
     counter = FlopCounterMode(display=False)
     try:
-        with counter, _autocast(t.precision, trainer.device):
-            trainer.model.training_step(batch, trainer.updater)
+        with counter:
+            trainer.train_step(batch)
     except RuntimeError:  # the flop counter cannot follow autograd.grad(create_graph=True) (gradient penalties)
         return float("nan")
     return counter.get_total_flops() / t.batch_size
@@ -114,8 +131,13 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--iwae", action="store_true", help="also time the K=1000 IWAE bound")
     parser.add_argument("--compile", action="store_true", help="train.compile=true (compile time is in the warm-up window)")
+    parser.add_argument("--rgb64", type=int, default=0, metavar="N",
+                        help="train on N generated 64x64 RGB images (a folder of random shapes) instead of mnist5k")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.rgb64:
+        folder = shapes_folder(Path(tempfile.mkdtemp()) / "shapes64", args.rgb64)
+        args.sets += [f"data.name=folder:{folder}", "data.image_size=64", "data.channels=3"]
     torch.manual_seed(0)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")

@@ -51,7 +51,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     seed: int = 0
-    # auto: bf16 autocast for the models measured to keep their quality in it (the VAEs), on a GPU with bf16 or a
+    # auto: bf16 autocast for the models measured to keep their quality in it (VAEs, VAE-GAN), on a GPU with bf16 or a
     # CPU with AMX / AVX-512 BF16; fp32 elsewhere (benchmarks/RESULTS.md). fp16 (+ GradScaler) is CUDA only
     precision: Precision = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

@@ -394,6 +394,13 @@ class Trainer:
         self.model.train()
 
     # the loop ----------------------------------------------------------------------------------------
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One optimizer step of the model on ``batch`` in the run's memory layout and precision; its losses."""
+        if self.memory_format is not None:
+            batch["x"] = batch["x"].contiguous(memory_format=self.memory_format)
+        with _autocast(self.precision, self.device):
+            return self.model.training_step(batch, self.updater)
+
     def fit(self) -> dict:
         stop = {"signal": False}
 
@@ -437,11 +444,8 @@ class Trainer:
             rolled_back = False
             for batch in iterate_batches(self.data.train, batches[self.pos.batch :], self.device, self.cfg.data.num_workers):
                 self.updater.step = self.pos.step
-                if self.memory_format is not None:
-                    batch["x"] = batch["x"].contiguous(memory_format=self.memory_format)
                 try:
-                    with _autocast(self.precision, self.device):
-                        losses = self.model.training_step(batch, self.updater)
+                    losses = self.train_step(batch)
                 except TrainingDiverged as exc:
                     bar.close()
                     last = self.run.checkpoints()
