@@ -218,7 +218,7 @@ class Trainer:
         self.memory_format = torch.channels_last if t.channels_last and self.device.type != "mps" else None
         if self.memory_format is not None:
             self.model.to(memory_format=self.memory_format)
-        if t.patch_gemm_weight_grads and self.device.type == "cpu":
+        if t.patch_gemm_weight_grads and self.device.type == "cpu" and not t.compile:  # compile owns its backward
             use_patch_gemm_weight_grads(self.model)
         self.precision = resolve_precision(t.precision, self.device, self.model)
         if self.precision == "fp16" and self.device.type != "cuda":
