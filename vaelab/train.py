@@ -218,9 +218,10 @@ class Trainer:
         self.memory_format = torch.channels_last if t.channels_last and self.device.type != "mps" else None
         if self.memory_format is not None:
             self.model.to(memory_format=self.memory_format)
-        if t.patch_gemm_weight_grads and self.device.type == "cpu" and not t.compile:  # compile owns its backward
-            use_patch_gemm_weight_grads(self.model)
         self.precision = resolve_precision(t.precision, self.device, self.model)
+        # bf16 on CPU only (fp32 measured no faster); compile builds its own backward
+        if t.patch_gemm_weight_grads and self.device.type == "cpu" and self.precision == "bf16" and not t.compile:
+            use_patch_gemm_weight_grads(self.model)
         if self.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use bf16 (fast on CPUs with AMX/AVX-512 BF16) or fp32")
         if t.compile:  # in place, so parameter names (and checkpoints) are those of the eager model

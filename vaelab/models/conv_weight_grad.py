@@ -133,12 +133,15 @@ class PatchGemmConvTranspose2d(nn.ConvTranspose2d):
         return _forward(self, x, output_size)
 
 
+_PATCH_GEMM_CLASSES = {nn.Conv2d: PatchGemmConv2d, nn.ConvTranspose2d: PatchGemmConvTranspose2d}
+
+
 def use_patch_gemm_weight_grads(model: nn.Module) -> int:
     """Switch every plain 2-d conv of ``model`` (groups 1, dilation 1, zero padding) to the classes above, in place;
     returns how many were switched. Parameters, names and checkpoints are unchanged."""
     switched = 0
     for module in model.modules():
-        target = {nn.Conv2d: PatchGemmConv2d, nn.ConvTranspose2d: PatchGemmConvTranspose2d}.get(type(module))
+        target = _PATCH_GEMM_CLASSES.get(type(module))
         if target and module.groups == 1 and module.dilation == (1, 1) and module.padding_mode == "zeros" \
                 and isinstance(module.padding, tuple):
             module.__class__ = target
