@@ -63,6 +63,9 @@ class _Updater:
 
     Each optimizer's gradient is taken with ``torch.autograd.grad`` over its own parameters only, so a loss
     never leaves gradients in another network, and several losses of one forward pass can be applied in turn.
+    The gradients are given their parameter's strides, as ``backward()`` would: autograd.grad returns them as the
+    ops made them (transposed by a double backward, channels-last from a channels-last conv), and torch 2.14's
+    fused CPU Adam silently pairs the wrong elements when the layouts differ (CUDA's raises instead).
     """
 
     def __init__(self, optimizers, scalers, world: int, grad_clip: float | None, device_type: str):
@@ -102,7 +105,7 @@ class _Updater:
         for name, params, grads in pending:
             opt = self.optimizers[name]
             for p, g in zip(params, grads):
-                p.grad = g
+                p.grad = g if g is None or g.stride() == p.stride() else g.new_empty_strided(p.shape, p.stride()).copy_(g)
             present = [p.grad for p in params if p.grad is not None]
             if self.world > 1 and present:
                 flat = torch.cat([g.reshape(-1) for g in present])
