@@ -87,3 +87,26 @@ def test_iwae_bound_is_above_the_elbo():
     elbo = model.elbo(x)["elbo"].mean()
     iwae = model.log_likelihood(x, k=200).mean()
     assert iwae > elbo
+
+
+def test_flatten_keeps_nchw_order_and_hands_channels_last_maps_a_channels_last_gradient():
+    from vaelab.models.blocks import flatten
+
+    torch.manual_seed(0)
+    base = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    weight = torch.randn(3, 100, dtype=torch.float64)
+    grads = {}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = base.clone().contiguous(memory_format=layout).requires_grad_()
+        out = flatten(x)
+        assert torch.equal(out, base.flatten(1))  # the same features in the same order as nn.Flatten
+        (grads[layout],) = torch.autograd.grad((out * weight).sum(), x)
+        assert grads[layout].is_contiguous(memory_format=layout)  # the layout of the map it came from
+    torch.testing.assert_close(grads[torch.channels_last], grads[torch.contiguous_format])
+    # a gradient penalty differentiates the flatten's backward again
+    x = base.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    penalties = []
+    for fn in (flatten, lambda t: t.flatten(1)):
+        (g,) = torch.autograd.grad((fn(x * x) * weight).sum(), x, create_graph=True)
+        penalties.append(torch.autograd.grad(g.pow(2).sum(), x)[0])
+    torch.testing.assert_close(penalties[0], penalties[1])

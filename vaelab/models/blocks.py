@@ -21,6 +21,33 @@ def downsampled_sizes(image_size: int, stages: int, padding: int = 1) -> list[in
     return sizes
 
 
+class _FlattenChannelsLast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.reshape(ctx.shape).contiguous(memory_format=torch.channels_last)
+
+
+def flatten(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C * H * W) in NCHW order, as ``torch.flatten(x, 1)``. A channels-last ``x`` gets its
+    gradient back channels-last: autograd would hand it an NCHW one, and the elementwise backward before the
+    flatten then mixes layouts, ~15x slower on CPU (0.2 ms of an 11 ms vae-mnist bf16 step)."""
+    if x.dim() == 4 and x.requires_grad and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return _FlattenChannelsLast.apply(x)
+    return x.flatten(1)
+
+
+class Flatten(nn.Module):
+    """``nn.Flatten()`` through ``flatten`` above."""
+
+    def forward(self, x):
+        return flatten(x)
+
+
 def norm_2d(kind: str, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if kind == "batch" else nn.Identity()
 
@@ -47,7 +74,7 @@ class ConvEncoder(nn.Module):
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             c_in = width
-        layers.append(nn.Flatten())
+        layers.append(Flatten())
         self.net = nn.Sequential(*layers)
         self.out_features = widths[-1] * self.sizes[-1] ** 2
 
@@ -137,7 +164,7 @@ class BeganEncoder(nn.Module):
             if level < levels:  # strided subsampling to the next level's width
                 layers += [nn.Conv2d(c, n * (level + 2), 3, 2, 1), nn.ELU()]
                 c = n * (level + 2)
-        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.net = nn.Sequential(*layers, Flatten())
         self.fc = nn.Linear(c * base * base, code_dim)
 
     def forward(self, x):

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import bernoulli_nll, gaussian_nll, gradient_penalty, kl_standard_normal
 from .base import GaussianLatentModel, register
-from .blocks import ResBlock
+from .blocks import Flatten, ResBlock
 
 
 @dataclass
@@ -90,7 +90,7 @@ class GVAECritic(nn.Module):
             c, size = width, size // 2
         if size < 1:
             raise ConfigError(f"{len(widths)} critic poolings do not fit {image_size} px; use fewer model.critic_widths")
-        self.net = nn.Sequential(*layers, nn.LeakyReLU(0.2), nn.Flatten())
+        self.net = nn.Sequential(*layers, nn.LeakyReLU(0.2), Flatten())
         self.fc = nn.Linear(c * size * size, 1)
 
     def forward(self, x):
@@ -109,7 +109,7 @@ class GVAE(GaussianLatentModel):
         for width in c.encoder_widths:
             layers += [nn.Conv2d(ch, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.LeakyReLU(0.2, inplace=True)]
             ch, size = width, (size + 1) // 2
-        self.encoder = nn.Sequential(*layers, nn.Flatten())
+        self.encoder = nn.Sequential(*layers, Flatten())
         self.to_moments = nn.Linear(ch * size * size, 2 * c.latent_dim)
         self.generator = GVAEGenerator(c.latent_dim, c.channels, c.image_size, c.stem_channels, c.generator_widths, c.dropout)
         self.critic = GVAECritic(c.channels, c.image_size, c.critic_widths, c.dropout)

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import bernoulli_nll, gaussian_nll, kl_standard_normal
 from .base import GaussianLatentModel, register
-from .blocks import ConvDecoder, ConvEncoder
+from .blocks import ConvDecoder, ConvEncoder, Flatten
 
 
 @dataclass
@@ -65,7 +65,7 @@ class WSS18Encoder(nn.Module):
         layers: list[nn.Module] = []
         for c_in, stride in ((1, 2), (64, 2), (64, 1)):
             layers += [nn.Conv2d(c_in, 64, 4, stride, 2), nn.LeakyReLU(slope), nn.Dropout(dropout)]
-        self.net = nn.Sequential(*layers, nn.Flatten())  # 28 -> 15 -> 8 -> 9; 64 * 9 * 9 = 5184
+        self.net = nn.Sequential(*layers, Flatten())  # 28 -> 15 -> 8 -> 9; 64 * 9 * 9 = 5184
         self.out_features = 5184
 
     def forward(self, x):
@@ -86,7 +86,7 @@ class WSS18Decoder(nn.Module):
             nn.ConvTranspose2d(1, 64, 4, 2, 1), nn.ReLU(),  # 7 -> 14
             nn.ConvTranspose2d(64, 64, 4, 1, 1), nn.ReLU(),  # 14 -> 15
             nn.ConvTranspose2d(64, 64, 4, 1, 2), nn.ReLU(),  # 15 -> 14
-            nn.Flatten(),
+            Flatten(),
             nn.Linear(64 * 14 * 14, 784),
         )
 

@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import kl_standard_normal
 from .base import GaussianLatentModel, register
-from .blocks import ConvDecoder, ConvEncoder
+from .blocks import ConvDecoder, ConvEncoder, Flatten, flatten
 
 
 @dataclass
@@ -58,12 +58,12 @@ class FeatureDiscriminator(nn.Module):
         layers = list(encoder.net.children())[:-1]  # without the Flatten
         ends = [i for i, m in enumerate(layers) if isinstance(m, nn.LeakyReLU)]
         cut = ends[feature_layer] + 1
-        self.lower, self.upper = nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut:], nn.Flatten())
+        self.lower, self.upper = nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut:], Flatten())
         self.head = nn.Linear(encoder.out_features, 1)
 
     def forward(self, x):
         features = self.lower(x)
-        return features.flatten(1), self.head(self.upper(features)).squeeze(1)
+        return flatten(features), self.head(self.upper(features)).squeeze(1)
 
 
 @register("vaegan")
