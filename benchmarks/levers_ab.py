@@ -1,10 +1,10 @@
 """Interleaved A/B of the training-speed switches: one process, one Trainer per variant, windows taken in turn.
 
-    python benchmarks/levers_ab.py --preset vae-mnist --precision bf16 all-off channels_last fused patch_gemm defaults
+    python benchmarks/levers_ab.py --preset vae-mnist --precision bf16 all-off channels_last fused cpu_bf16_convs defaults
 
 A variant is ``defaults`` (every switch at its default, i.e. on), ``all-off``, or a '+'-joined list of the switches
-to turn ON from all-off: channels_last, fused, patch_gemm (train.channels_last, train.fused_optimizer,
-train.patch_gemm_weight_grads). Taking the windows in turn (A B C A B C ...) cancels the drift of this machine,
+to turn ON from all-off: channels_last, fused, cpu_bf16_convs (train.channels_last, train.fused_optimizer,
+train.cpu_bf16_convs). Taking the windows in turn (A B C A B C ...) cancels the drift of this machine,
 whose run-to-run spread (+-10%) hid the channels_last gain in separate runs (RESULTS.md).
 """
 
@@ -21,7 +21,7 @@ from vaelab.data import epoch_batches, iterate_batches
 from vaelab.train import Trainer
 
 SWITCHES = {"channels_last": "train.channels_last", "fused": "train.fused_optimizer",
-            "patch_gemm": "train.patch_gemm_weight_grads"}
+            "cpu_bf16_convs": "train.cpu_bf16_convs"}
 
 
 def variant_runner(variant: str, preset: str, precision: str, steps: int, out: Path):

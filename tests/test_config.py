@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from vaelab.config import apply_overrides, build_config, load_config, preset_names, read_preset
 from vaelab.errors import ConfigError
@@ -74,3 +75,13 @@ def test_overrides_do_not_mutate_preset():
     raw = read_preset("vae-mnist")
     apply_overrides(raw, ["model.latent_dim=99"])
     assert raw["model"]["latent_dim"] == 16
+
+
+def test_a_run_folder_written_before_a_key_was_renamed_still_loads(tmp_path):
+    cfg = load_config(preset="vae-mnist")
+    raw = cfg.to_dict()
+    raw["train"].pop("cpu_bf16_convs")
+    raw["train"]["patch_gemm_weight_grads"] = False  # session 3's name of the switch
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(config_file=str(path)).train.cpu_bf16_convs is False

@@ -73,9 +73,10 @@ class TrainConfig:
     # NHWC weights and batches: oneDNN/cuDNN convolutions then skip a layout copy per call (vae-mnist +17% per step
     # on CPU; every preset but wgan-gp gains, RESULTS.md). Ignored on MPS
     channels_last: bool = True
-    # CPU, bf16: conv weight gradients on maps of <= 16 positions as one GEMM over strided patches (oneDNN is slow
-    # there; vae-mnist step +11%; vaelab/models/conv_weight_grad.py)
-    patch_gemm_weight_grads: bool = True
+    # CPU, bf16, where oneDNN's kernels are slow (vaelab/models/cpu_bf16_convs.py): conv weight gradients on maps of
+    # <= 16 positions as one GEMM over strided patches (vae-mnist step +11%), output-padded transposed convs as an
+    # unpadded one, cropped (+2.5%)
+    cpu_bf16_convs: bool = True
     fused_optimizer: bool = True  # Adam/AdamW/SGD with fused=True (one kernel per step; +5% on vae-mnist)
 
 
@@ -175,11 +176,18 @@ def fields_help(cls: type) -> str:
     return "\n".join(f"    {f.name}: {_type_name(hints[f.name])}" for f in dataclasses.fields(cls))
 
 
+# Keys renamed since a run folder may have been written: its config.yaml still loads (and resumes).
+RENAMED_KEYS = {"train": {"patch_gemm_weight_grads": "cpu_bf16_convs"}}
+
+
 def from_dict(cls: type, values: dict | None, section: str) -> Any:
     """Build dataclass ``cls`` from ``values``, checking every key and type."""
-    values = dict(values or {})
-    if not isinstance(values, dict):
+    if values is not None and not isinstance(values, dict):
         raise ConfigError(f"{section}: expected a mapping of keys to values, got {values!r}")
+    values = dict(values or {})
+    for old, new in RENAMED_KEYS.get(section, {}).items():
+        if old in values:
+            values.setdefault(new, values.pop(old))
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)

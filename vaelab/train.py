@@ -31,7 +31,7 @@ from .config import Config
 from .data import DataSplits, epoch_batches, first_images, iterate_batches, load_data
 from .errors import ConfigError, TrainingDiverged
 from .models.base import GenerativeModel, build_model
-from .models.conv_weight_grad import use_patch_gemm_weight_grads
+from .models.cpu_bf16_convs import use_cpu_bf16_convs
 from .processes import launched_processes
 from .run import RunFolder, atomic_write_text
 
@@ -223,8 +223,8 @@ class Trainer:
             self.model.to(memory_format=self.memory_format)
         self.precision = resolve_precision(t.precision, self.device, self.model)
         # bf16 on CPU only (fp32 measured no faster); compile builds its own backward
-        if t.patch_gemm_weight_grads and self.device.type == "cpu" and self.precision == "bf16" and not t.compile:
-            use_patch_gemm_weight_grads(self.model)
+        if t.cpu_bf16_convs and self.device.type == "cpu" and self.precision == "bf16" and not t.compile:
+            use_cpu_bf16_convs(self.model)
         if self.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use bf16 (fast on CPUs with AMX/AVX-512 BF16) or fp32")
         if t.compile:  # in place, so parameter names (and checkpoints) are those of the eager model

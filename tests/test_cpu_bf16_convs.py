@@ -1,13 +1,14 @@
-"""The patch-GEMM weight gradient equals the convolution's gradient, and the layers that use it train the same."""
+"""The bf16 CPU conv rewrites (patch-GEMM weight gradients, cropped output padding) give the convolutions' results."""
 
 import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-import vaelab.models.conv_weight_grad as cwg
-from vaelab.models.conv_weight_grad import patch_gemm_weight_grad, use_patch_gemm_weight_grads
+import vaelab.models.cpu_bf16_convs as cbc
+from vaelab.models.cpu_bf16_convs import patch_gemm_weight_grad, use_cpu_bf16_convs
 
 # (layer, input size): the strided convs of the presets (4x4 stride 2, padding 1 and 2), a 3x3 BEGAN conv,
 # transposed convs with and without output_padding, a rectangular kernel
@@ -44,10 +45,10 @@ def test_switched_layers_give_the_native_gradients_in_bf16_and_use_the_patch_gem
     torch.manual_seed(0)
     native = make()
     fast = copy.deepcopy(native)
-    assert use_patch_gemm_weight_grads(fast) == 1
+    assert use_cpu_bf16_convs(fast) == 1
     assert fast.state_dict().keys() == native.state_dict().keys()
     calls = []
-    monkeypatch.setattr(cwg, "patch_gemm_weight_grad", lambda *a: calls.append(1) or patch_gemm_weight_grad(*a))
+    monkeypatch.setattr(cbc, "patch_gemm_weight_grad", lambda *a: calls.append(1) or patch_gemm_weight_grad(*a))
     x = torch.randn(8, 5, size, size)
     grads = []
     for layer in (native, fast):
@@ -65,9 +66,9 @@ def test_only_the_requested_gradients_are_computed_and_double_backward_works(mon
     torch.manual_seed(0)
     native = nn.Conv2d(4, 8, 4, 2, 1)
     fast = copy.deepcopy(native)
-    use_patch_gemm_weight_grads(fast)
+    use_cpu_bf16_convs(fast)
     calls = []
-    monkeypatch.setattr(cwg, "patch_gemm_weight_grad", lambda *a: calls.append(1) or patch_gemm_weight_grad(*a))
+    monkeypatch.setattr(cbc, "patch_gemm_weight_grad", lambda *a: calls.append(1) or patch_gemm_weight_grad(*a))
     x = torch.randn(6, 4, 7, 7, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = fast(x)
@@ -87,12 +88,58 @@ def test_only_the_requested_gradients_are_computed_and_double_backward_works(mon
 
 def test_fp32_large_maps_and_unusual_convs_stay_native(monkeypatch):
     calls = []
-    monkeypatch.setattr(cwg, "patch_gemm_weight_grad", lambda *a: calls.append(1) or patch_gemm_weight_grad(*a))
+    monkeypatch.setattr(cbc, "patch_gemm_weight_grad", lambda *a: calls.append(1) or patch_gemm_weight_grad(*a))
     model = nn.Sequential(nn.Conv2d(4, 8, 4, 2, 1), nn.Conv2d(8, 8, 3, 1, 1, groups=2), nn.Conv2d(8, 8, 3, 1, 2, dilation=2))
-    assert use_patch_gemm_weight_grads(model) == 1  # grouped and dilated convs are left alone
+    assert use_cpu_bf16_convs(model) == 1  # grouped and dilated convs are left alone
     for size, bf16, expected in ((7, False, 0), (14, True, 0), (7, True, 1)):  # fp32; 7x7 output map; bf16 3x3
         calls.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             y = model[0](torch.randn(2, 4, size, size))
         y.float().sum().backward()
         assert len(calls) == expected, (size, bf16)
+
+
+@pytest.mark.parametrize("size, output_padding", [(3, 1), (7, 1), (4, (1, 0))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_output_padding_by_cropping_is_the_padded_transposed_conv(size, output_padding, channels_last, monkeypatch):
+    """The unpadded transposed conv cropped to the output-padded one: the same values (float64) and layout."""
+    torch.manual_seed(0)
+    paddings = []
+    native = F.conv_transpose2d
+    monkeypatch.setattr(F, "conv_transpose2d", lambda x, w, b, stride, *rest: paddings.append(rest[:1]) or native(x, w, b, stride, *rest))
+    layer = nn.ConvTranspose2d(5, 6, 4, 2, 1, output_padding=output_padding).double()
+    x = torch.randn(3, 5, size, size, dtype=torch.float64)
+    if channels_last:
+        x, layer = x.contiguous(memory_format=torch.channels_last), layer.to(memory_format=torch.channels_last)
+    expected = layer(x)
+    got = cbc._Conv.apply(x, layer.weight, layer.bias, layer.stride, layer.padding, True, layer.output_padding, False)
+    assert paddings[-1] == ()  # the function ran the conv unpadded
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_output_padded_transposed_convs_take_the_cropped_forward_on_any_map_in_bf16(monkeypatch):
+    """7x7 -> 15x15 (49 positions: no patch GEMM) still goes through the function for its forward, with the
+    native gradients; an unpadded transposed conv on that map stays native."""
+    torch.manual_seed(0)
+    applied, calls = [], []
+    original = cbc._Conv.apply
+    monkeypatch.setattr(cbc._Conv, "apply", lambda *a: applied.append(1) or original(*a))
+    monkeypatch.setattr(cbc, "patch_gemm_weight_grad", lambda *a: calls.append(1) or patch_gemm_weight_grad(*a))
+    for output_padding, expected in ((1, [1]), (0, [])):
+        applied.clear()
+        native = nn.ConvTranspose2d(5, 6, 4, 2, 1, output_padding=output_padding)
+        fast = copy.deepcopy(native)
+        use_cpu_bf16_convs(fast)
+        x = torch.randn(8, 5, 7, 7)
+        grads = []
+        for layer in (native, fast):
+            xi = x.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = layer(xi)
+            grads.append(torch.autograd.grad(y.float().pow(2).sum(), [xi, *layer.parameters()]))
+        assert applied == expected
+        for a, b in zip(*grads):
+            torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2 * float(a.abs().max()))
+    assert calls == []

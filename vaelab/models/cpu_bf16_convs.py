@@ -1,15 +1,21 @@
-"""Convolution weight gradients as one matrix product over strided patches, for small feature maps on CPU.
+"""Two rewrites of 2-d convolutions for bf16 training on CPU, where oneDNN picks slow kernels.
 
-oneDNN's backward-weights kernel is slow when the map it reduces over is tiny: the last 4x4 stride-2 conv of a
-28 px encoder (64 -> 128 channels, 7x7 -> 3x3) takes 1.1 ms in bf16 and the VAE-GAN discriminator's 256 -> 256
-conv on a 3x3 map 4.8 ms, where the same gradient written as patches^T @ grad_output (one GEMM, the patches a
-strided view of the channels-last input) takes 0.34 ms and 0.38 ms (benchmarks/RESULTS.md, "Patch-GEMM weight
-gradients"). So in bf16 and for maps of at most ``MAX_POSITIONS`` positions, ``use_patch_gemm_weight_grads`` makes
-the conv layers of a model compute their weight gradient that way; forward and input gradients stay oneDNN's. In
-fp32 the GEMM is bound by the same slow fp32 units and whole steps measured no faster, so fp32 stays native.
+1. Weight gradients on small maps as one matrix product over strided patches. oneDNN's backward-weights kernel
+   is slow when the map it reduces over is tiny: the last 4x4 stride-2 conv of a 28 px encoder (64 -> 128
+   channels, 7x7 -> 3x3) takes 1.1 ms in bf16 and the VAE-GAN discriminator's 256 -> 256 conv on a 3x3 map 4.8 ms,
+   where the same gradient written as patches^T @ grad_output (one GEMM, the patches a strided view of the
+   channels-last input) takes 0.34 ms and 0.38 ms (benchmarks/RESULTS.md, "Patch-GEMM weight gradients"). Used for
+   maps of at most ``MAX_POSITIONS`` positions; forward and input gradients stay oneDNN's.
+2. Transposed convs with ``output_padding`` (a 28 px decoder's 3x3 -> 7x7) run on oneDNN's generic
+   jit_deconvolution kernel (0.51 ms for 128 -> 64 channels); the same conv without padding (8x8) runs on the
+   brgemm kernel, and cropping it to the padded output is the same result in 0.32 ms (RESULTS.md, session 4).
+   Its backward keeps the original geometry.
 
-The choice is a fixed rule, not a per-run timing, so that runs, resumed runs and processes stay bit-identical.
-Double backward (gradient penalties) takes the native path, which autograd can differentiate.
+``use_cpu_bf16_convs`` switches a model's convs to the classes below, which take these paths in bf16 on CPU while
+training and are plain ``nn.Conv2d`` / ``nn.ConvTranspose2d`` otherwise (fp32 measured no faster: the fp32 GEMM is
+slow too, and the unpadded fp32 transposed conv is slower than the padded one). The choices are fixed rules, not
+per-run timings, so that runs, resumed runs and processes stay bit-identical. Double backward (gradient
+penalties) takes the native weight-gradient path, which autograd can differentiate.
 """
 
 from __future__ import annotations
@@ -66,12 +72,26 @@ def _wanted(ctx, i: int) -> bool:
     return node is not None and torch._C._will_engine_execute_node(node)
 
 
+def _output_padding_by_cropping(transposed: bool, padding, output_padding) -> bool:
+    return transposed and any(output_padding) and all(o <= p for o, p in zip(output_padding, padding))
+
+
 class _Conv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, transposed, output_padding):
+    def forward(ctx, x, weight, bias, stride, padding, transposed, output_padding, patch_weight_grad):
         ctx.save_for_backward(x, weight)
         ctx.geometry = (stride, padding, transposed, output_padding)
         ctx.bias_shape = None if bias is None else list(bias.shape)
+        ctx.patch_weight_grad = patch_weight_grad
+        if _output_padding_by_cropping(transposed, padding, output_padding):
+            full = F.conv_transpose2d(x, weight, bias, stride)  # (h - 1) * s + k: the padded output plus a border
+            (ph, pw), (sh, sw), (kh, kw) = padding, stride, weight.shape[2:]
+            oh = (x.shape[2] - 1) * sh - 2 * ph + kh + output_padding[0]
+            ow = (x.shape[3] - 1) * sw - 2 * pw + kw + output_padding[1]
+            channels_last = any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                                for t in (x, weight))  # the layout the padded conv would return
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            return full[:, :, ph : ph + oh, pw : pw + ow].contiguous(memory_format=layout)
         if transposed:
             return F.conv_transpose2d(x, weight, bias, stride, padding, output_padding)
         return F.conv2d(x, weight, bias, stride, padding)
@@ -81,13 +101,14 @@ class _Conv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride, padding, transposed, output_padding = ctx.geometry
         need_x, need_w, need_b = (_wanted(ctx, i) for i in range(3))
-        patch = need_w and not torch.is_grad_enabled()  # double backward: the differentiable native op below
+        # double backward needs the differentiable native op below
+        patch = ctx.patch_weight_grad and need_w and not torch.is_grad_enabled()
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad_out, x, weight, ctx.bias_shape, list(stride), list(padding), [1, 1], transposed,
             list(output_padding), 1, [need_x, need_w and not patch, need_b and ctx.bias_shape is not None])
         if patch:
             grad_w = patch_gemm_weight_grad(x, grad_out, weight.shape, stride, padding, transposed)
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 def _strided_positions(module: nn.Module, x: torch.Tensor) -> int:
@@ -100,13 +121,16 @@ def _strided_positions(module: nn.Module, x: torch.Tensor) -> int:
 def _forward(module: nn.Module, x: torch.Tensor, output_size=None) -> torch.Tensor:
     transposed = isinstance(module, nn.ConvTranspose2d)
     native = nn.ConvTranspose2d.forward if transposed else nn.Conv2d.forward
-    if (output_size is not None or x.device.type != "cpu" or x.dim() != 4 or not torch.is_grad_enabled()
-            or _strided_positions(module, x) > MAX_POSITIONS):
+    if output_size is not None or x.device.type != "cpu" or x.dim() != 4 or not torch.is_grad_enabled():
         return native(module, x) if output_size is None else native(module, x, output_size)
+    output_padding = module.output_padding if transposed else (0, 0)
+    patch = _strided_positions(module, x) <= MAX_POSITIONS
+    if not (patch or _output_padding_by_cropping(transposed, module.padding, output_padding)):
+        return native(module, x)
     weight, bias = module.weight, module.bias
     autocast = torch.is_autocast_enabled("cpu")
     if (torch.get_autocast_dtype("cpu") if autocast else weight.dtype) != torch.bfloat16:
-        return native(module, x)  # fp32: the patch GEMM measured no faster in whole steps (fp32 GEMMs are slow too)
+        return native(module, x)  # fp32: both rewrites measured no faster
     if autocast:  # cast as autocast would, then run the function outside it
         x, weight = x.to(torch.bfloat16), weight.to(torch.bfloat16)
         bias = None if bias is None else bias.to(torch.bfloat16)
@@ -115,33 +139,32 @@ def _forward(module: nn.Module, x: torch.Tensor, output_size=None) -> torch.Tens
     x, weight, bias = (t.view_as(t) if t is not None and t.requires_grad and t.grad_fn is None else t
                        for t in (x, weight, bias))
     with torch.autocast("cpu", enabled=False):
-        return _Conv.apply(x, weight, bias, module.stride, module.padding, transposed,
-                           module.output_padding if transposed else (0, 0))
+        return _Conv.apply(x, weight, bias, module.stride, module.padding, transposed, output_padding, patch)
 
 
-class PatchGemmConv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state dict) whose weight gradient uses the patch GEMM on small maps."""
+class CpuBf16Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state dict) taking the bf16 CPU paths of this module while training."""
 
     def forward(self, x):
         return _forward(self, x)
 
 
-class PatchGemmConvTranspose2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` (same parameters and state dict) whose weight gradient uses the patch GEMM on small maps."""
+class CpuBf16ConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (same parameters and state dict) taking the bf16 CPU paths of this module while training."""
 
     def forward(self, x, output_size=None):
         return _forward(self, x, output_size)
 
 
-_PATCH_GEMM_CLASSES = {nn.Conv2d: PatchGemmConv2d, nn.ConvTranspose2d: PatchGemmConvTranspose2d}
+_CLASSES = {nn.Conv2d: CpuBf16Conv2d, nn.ConvTranspose2d: CpuBf16ConvTranspose2d}
 
 
-def use_patch_gemm_weight_grads(model: nn.Module) -> int:
+def use_cpu_bf16_convs(model: nn.Module) -> int:
     """Switch every plain 2-d conv of ``model`` (groups 1, dilation 1, zero padding) to the classes above, in place;
     returns how many were switched. Parameters, names and checkpoints are unchanged."""
     switched = 0
     for module in model.modules():
-        target = _PATCH_GEMM_CLASSES.get(type(module))
+        target = _CLASSES.get(type(module))
         if target and module.groups == 1 and module.dilation == (1, 1) and module.padding_mode == "zeros" \
                 and isinstance(module.padding, tuple):
             module.__class__ = target
