@@ -75,7 +75,7 @@ class TrainConfig:
     channels_last: bool = True
     # CPU, bf16, where oneDNN's kernels are slow (vaelab/models/cpu_bf16_convs.py): conv weight gradients on maps of
     # <= 16 positions as one GEMM over strided patches (vae-mnist step +11%), output-padded transposed convs as an
-    # unpadded one, cropped (+2.5%)
+    # unpadded one, cropped (+2%)
     cpu_bf16_convs: bool = True
     fused_optimizer: bool = True  # Adam/AdamW/SGD with fused=True (one kernel per step; +5% on vae-mnist)
 
