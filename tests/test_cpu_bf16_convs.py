@@ -40,6 +40,19 @@ def test_patch_gemm_weight_grad_is_the_exact_gradient(make, size, channels_last)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
+def assert_same_bf16_gradients(native: nn.Module, fast: nn.Module, x: torch.Tensor) -> None:
+    """Input and parameter gradients of both layers under bf16 autocast agree to bf16 precision."""
+    grads = []
+    for layer in (native, fast):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(xi)
+        grads.append(torch.autograd.grad(y.float().pow(2).sum(), [xi, *layer.parameters()]))
+    for a, b in zip(*grads):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2 * float(a.abs().max()))
+
+
 @pytest.mark.parametrize("make, size", LAYERS)
 def test_switched_layers_give_the_native_gradients_in_bf16_and_use_the_patch_gemm(make, size, monkeypatch):
     torch.manual_seed(0)
@@ -49,17 +62,8 @@ def test_switched_layers_give_the_native_gradients_in_bf16_and_use_the_patch_gem
     assert fast.state_dict().keys() == native.state_dict().keys()
     calls = []
     monkeypatch.setattr(cbc, "patch_gemm_weight_grad", lambda *a: calls.append(1) or patch_gemm_weight_grad(*a))
-    x = torch.randn(8, 5, size, size)
-    grads = []
-    for layer in (native, fast):
-        xi = x.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = layer(xi)
-        grads.append(torch.autograd.grad(y.float().pow(2).sum(), [xi, *layer.parameters()]))
+    assert_same_bf16_gradients(native, fast, torch.randn(8, 5, size, size))
     assert calls == [1]
-    for a, b in zip(*grads):
-        assert a.dtype == b.dtype
-        torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2 * float(a.abs().max()))
 
 
 def test_only_the_requested_gradients_are_computed_and_double_backward_works(monkeypatch):
@@ -132,14 +136,6 @@ def test_output_padded_transposed_convs_take_the_cropped_forward_on_any_map_in_b
         native = nn.ConvTranspose2d(5, 6, 4, 2, 1, output_padding=output_padding)
         fast = copy.deepcopy(native)
         use_cpu_bf16_convs(fast)
-        x = torch.randn(8, 5, 7, 7)
-        grads = []
-        for layer in (native, fast):
-            xi = x.clone().requires_grad_()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                y = layer(xi)
-            grads.append(torch.autograd.grad(y.float().pow(2).sum(), [xi, *layer.parameters()]))
+        assert_same_bf16_gradients(native, fast, torch.randn(8, 5, 7, 7))
         assert applied == expected
-        for a, b in zip(*grads):
-            torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2 * float(a.abs().max()))
     assert calls == []
