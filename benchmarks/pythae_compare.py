@@ -16,7 +16,6 @@ code on the 1,000 mnist5k test images.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -28,6 +27,7 @@ import torch
 from vaelab.config import load_config
 from vaelab.data import first_images, load_data
 from vaelab.models.base import build_model
+from vaelab.run import RunFolder
 from vaelab.train import Trainer, fill_data_shape
 
 
@@ -206,7 +206,7 @@ def main() -> None:
             model, seconds = train_peer(cfg, x_train, x_test, args.epochs, Path(tmp) / f"pythae-{repeat}")
             runs["pythae"].append({"seconds": seconds, "images_per_s": n_pythae / seconds,
                                    "step_images_per_s": n_pythae / clock.seconds,
-                                   "median_epoch_images_per_s": len(x_train) / statistics.median(clock.epochs[1:]),
+                                   "median_epoch_images_per_s": len(x_train) / statistics.median(clock.epochs[1:] or clock.epochs),
                                    **(score(model) if repeat == 0 else {})})
             for precision in ("fp32", "bf16"):
                 run_cfg = build_vaelab_model(args.epochs, precision, preset)
@@ -216,11 +216,10 @@ def main() -> None:
                 summary = trainer.fit()
                 seconds = time.perf_counter() - start
                 n_vaelab = summary["steps"] * run_cfg.train.batch_size
-                lines = (out / "metrics.jsonl").read_text().splitlines()
-                epochs = [row["images_per_s"] for row in map(json.loads, lines) if row.get("event") == "epoch"]
+                epochs = [row["images_per_s"] for row in RunFolder(out).read_metrics() if row.get("event") == "epoch"]
                 runs[f"vaelab {precision}"].append({"seconds": seconds, "images_per_s": n_vaelab / seconds,
                                                     "step_images_per_s": summary["images_per_s"],
-                                                    "median_epoch_images_per_s": statistics.median(epochs[1:]),
+                                                    "median_epoch_images_per_s": statistics.median(epochs[1:] or epochs),
                                                     **(score(trainer.model.float()) if repeat == 0 else {})})
     timing = ("seconds", "images_per_s", "step_images_per_s", "median_epoch_images_per_s")
     # timings: the median over the repeats; quality: the first repeat (the same seed gives the same model)
