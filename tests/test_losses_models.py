@@ -89,6 +89,26 @@ def test_iwae_bound_is_above_the_elbo():
     assert iwae > elbo
 
 
+def test_decoders_hand_their_first_conv_a_start_map_in_the_models_layout():
+    from vaelab.models.blocks import BeganDecoder, ConvDecoder
+    from vaelab.models.gvae import GVAEGenerator
+
+    torch.manual_seed(0)
+    z = torch.randn(4, 8, dtype=torch.float64)
+    for make in (lambda: ConvDecoder(8, 1, 28, [8, 16, 32]), lambda: BeganDecoder(8, 1, 16, 8, 1),
+                 lambda: GVAEGenerator(8, 1, 16, 8, [8, 8, 8], 0.0)):
+        torch.manual_seed(1)
+        decoder = make().double().eval()
+        reference = decoder(z)
+        first_conv = next(m for m in decoder.net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d))
+        seen = []
+        first_conv.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        decoder.to(memory_format=torch.channels_last)
+        out = decoder(z)
+        assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()
+        torch.testing.assert_close(out, reference)  # the same map, only its layout differs
+
+
 def test_flatten_keeps_nchw_order_and_hands_channels_last_maps_a_channels_last_gradient():
     from vaelab.models.blocks import flatten
 

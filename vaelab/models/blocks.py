@@ -41,6 +41,17 @@ def flatten(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1)
 
 
+def unflatten_map(flat: torch.Tensor, shape: tuple[int, int, int], net: nn.Module) -> torch.Tensor:
+    """(B, C * H * W) -> (B, C, H, W) for ``net``, channels-last when ``net``'s first conv weight is. A linear
+    layer's output viewed as a map is NCHW, and a channels-last conv given an NCHW input takes a slower
+    mixed-layout kernel (vae-mnist bf16 steps 1.01x, RESULTS.md session 5)."""
+    x = flat.view(-1, *shape)
+    weight = next((p for p in net.parameters() if p.dim() == 4), None)
+    if weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 class Flatten(nn.Module):
     """``nn.Flatten()`` through ``flatten`` above."""
 
@@ -111,7 +122,7 @@ class ConvDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
-        return self.net(self.fc(z).view(-1, *self.start_shape))
+        return self.net(unflatten_map(self.fc(z), self.start_shape, self.net))
 
 
 def one_hot_channels(y: torch.Tensor, num_classes: int, size: int) -> torch.Tensor:
@@ -187,4 +198,4 @@ class BeganDecoder(nn.Module):
         self.net = nn.Sequential(*layers, nn.Conv2d(n, channels, 3, 1, 1))
 
     def forward(self, code):
-        return self.net(self.fc(code).view(-1, self.n, self.base, self.base))
+        return self.net(unflatten_map(self.fc(code), (self.n, self.base, self.base), self.net))

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import bernoulli_nll, gaussian_nll, gradient_penalty, kl_standard_normal
 from .base import GaussianLatentModel, register
-from .blocks import Flatten, ResBlock
+from .blocks import Flatten, ResBlock, unflatten_map
 
 
 @dataclass
@@ -75,7 +75,7 @@ class GVAEGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
-        return self.net(self.fc(z).view(-1, *self.start))
+        return self.net(unflatten_map(self.fc(z), self.start, self.net))
 
 
 class GVAECritic(nn.Module):
