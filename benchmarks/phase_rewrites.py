@@ -12,10 +12,9 @@ slow with one image channel, and there by too little to show in a whole vae-mnis
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
+from conv_weight_grad import ms_per_call  # benchmarks/ is on the path when this runs as a script
 
 CL = torch.channels_last
 # kernel row used by output phase a (0, 1) at input offset e - 1 (e = 0, 1, 2) of a k4 s2 p1 transposed conv; -1: none
@@ -119,15 +118,6 @@ def shifted_gemm_weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.T
     return taps.view(2, 2, o, c, 2, 2).permute(2, 3, 0, 4, 1, 5).reshape(o, c, 4, 4)
 
 
-def ms_per_call(fn, repeats: int = 200) -> float:
-    for _ in range(20):
-        fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats * 1e3
-
-
 def check_in_float64() -> None:
     torch.manual_seed(0)
     d = torch.float64
@@ -155,24 +145,24 @@ def main() -> None:
         w = (torch.randn(c, o, 4, 4) * 0.1).to(bf).requires_grad_()
         b = torch.zeros(o, dtype=bf, requires_grad=True)
         grad = torch.randn(64, o, 2 * size, 2 * size).to(bf).contiguous(memory_format=CL)
-        native = ms_per_call(lambda: torch.autograd.grad(F.conv_transpose2d(x, w, b, 2, 1), (x, w, b), grad))
-        rewrite = ms_per_call(lambda: torch.autograd.grad(SubpixelConvTranspose.apply(x, w, b), (x, w, b), grad))
+        native = ms_per_call(repeats=200, fn=lambda: torch.autograd.grad(F.conv_transpose2d(x, w, b, 2, 1), (x, w, b), grad))
+        rewrite = ms_per_call(repeats=200, fn=lambda: torch.autograd.grad(SubpixelConvTranspose.apply(x, w, b), (x, w, b), grad))
         print(f"| sub-pixel transposed conv | {c} -> {o}, {size} -> {2 * size} | {native:.3f} | {rewrite:.3f} | {native / rewrite:.2f}x |")
     for c, o, size in ((1, 32, 28), (3, 32, 64), (3, 64, 64), (11, 32, 28), (32, 64, 14)):
         x = torch.rand(64, c, size, size).to(bf).contiguous(memory_format=CL)  # an image: no input gradient
         w = (torch.randn(o, c, 4, 4) * 0.1).to(bf).contiguous(memory_format=CL).requires_grad_()
         b = torch.zeros(o, dtype=bf, requires_grad=True)
         grad = torch.randn(64, o, size // 2, size // 2).to(bf).contiguous(memory_format=CL)
-        native = ms_per_call(lambda: torch.autograd.grad(F.conv2d(x, w, b, 2, 1), (w, b), grad))
-        rewrite = ms_per_call(lambda: torch.autograd.grad(SpaceToDepthConv.apply(x, w, b), (w, b), grad))
+        native = ms_per_call(repeats=200, fn=lambda: torch.autograd.grad(F.conv2d(x, w, b, 2, 1), (w, b), grad))
+        rewrite = ms_per_call(repeats=200, fn=lambda: torch.autograd.grad(SpaceToDepthConv.apply(x, w, b), (w, b), grad))
         print(f"| space-to-depth conv | {c} -> {o}, {size} -> {size // 2} | {native:.3f} | {rewrite:.3f} | {native / rewrite:.2f}x |")
     for c, o, size in ((32, 64, 14), (64, 128, 16)):
         x = torch.randn(64, c, size, size).to(bf).contiguous(memory_format=CL)
         w = (torch.randn(o, c, 4, 4) * 0.1).to(bf).contiguous(memory_format=CL)
         grad = torch.randn(64, o, size // 2, size // 2).to(bf).contiguous(memory_format=CL)
-        native = ms_per_call(lambda: torch.ops.aten.convolution_backward(
+        native = ms_per_call(repeats=200, fn=lambda: torch.ops.aten.convolution_backward(
             grad, x, w, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 1, [False, True, False]))
-        rewrite = ms_per_call(lambda: shifted_gemm_weight_grad(x, grad))
+        rewrite = ms_per_call(repeats=200, fn=lambda: shifted_gemm_weight_grad(x, grad))
         print(f"| shifted-GEMM weight gradient | {c} -> {o}, {size} -> {size // 2} | {native:.3f} | {rewrite:.3f} | {native / rewrite:.2f}x |")
 
 
