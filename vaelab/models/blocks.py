@@ -44,7 +44,7 @@ def flatten(x: torch.Tensor) -> torch.Tensor:
 def unflatten_map(flat: torch.Tensor, shape: tuple[int, int, int], net: nn.Module) -> torch.Tensor:
     """(B, C * H * W) -> (B, C, H, W) for ``net``, channels-last when ``net``'s first conv weight is. A linear
     layer's output viewed as a map is NCHW, and a channels-last conv given an NCHW input takes a slower
-    mixed-layout kernel (vae-mnist bf16 steps 1.01x, RESULTS.md session 5)."""
+    mixed-layout kernel (vae-mnist bf16 steps 1.006-1.010x, RESULTS.md session 5)."""
     x = flat.view(-1, *shape)
     weight = next((p for p in net.parameters() if p.dim() == 4), None)
     if weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
