@@ -21,6 +21,11 @@ def downsampled_sizes(image_size: int, stages: int, padding: int = 1) -> list[in
     return sizes
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` is laid out channels-last and not also contiguous NCHW (as when C or H * W is 1)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 class _FlattenChannelsLast(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
@@ -36,7 +41,7 @@ def flatten(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C * H * W) in NCHW order, as ``torch.flatten(x, 1)``. A channels-last ``x`` gets its
     gradient back channels-last: autograd would hand it an NCHW one, and the elementwise backward before the
     flatten then mixes layouts, ~15x slower on CPU (0.2 ms of an 11 ms vae-mnist bf16 step)."""
-    if x.dim() == 4 and x.requires_grad and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if x.dim() == 4 and x.requires_grad and is_channels_last(x):
         return _FlattenChannelsLast.apply(x)
     return x.flatten(1)
 
@@ -47,7 +52,7 @@ def unflatten_map(flat: torch.Tensor, shape: tuple[int, int, int], net: nn.Modul
     mixed-layout kernel (vae-mnist bf16 steps 1.006-1.010x, RESULTS.md session 5)."""
     x = flat.view(-1, *shape)
     weight = next((p for p in net.parameters() if p.dim() == 4), None)
-    if weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+    if weight is not None and is_channels_last(weight):
         return x.contiguous(memory_format=torch.channels_last)
     return x
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import is_channels_last
+
 # The strided side's map (conv output, transposed-conv input) at most this many positions: 3x3 and 4x4 maps.
 # Measured in bf16: patch GEMM 1.5-12x faster at 1-9 positions, mixed at 7x7, slower at 14x14.
 MAX_POSITIONS = 16
@@ -88,9 +90,8 @@ class _Conv(torch.autograd.Function):
             (ph, pw), (sh, sw), (kh, kw) = padding, stride, weight.shape[2:]
             oh = (x.shape[2] - 1) * sh - 2 * ph + kh + output_padding[0]
             ow = (x.shape[3] - 1) * sw - 2 * pw + kw + output_padding[1]
-            channels_last = any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-                                for t in (x, weight))  # the layout the padded conv would return
-            layout = torch.channels_last if channels_last else torch.contiguous_format
+            # the layout the padded conv would return
+            layout = torch.channels_last if is_channels_last(x) or is_channels_last(weight) else torch.contiguous_format
             return full[:, :, ph : ph + oh, pw : pw + ow].contiguous(memory_format=layout)
         if transposed:
             return F.conv_transpose2d(x, weight, bias, stride, padding, output_padding)
