@@ -7,6 +7,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Domain classifiers go to a cache of the test session's own (trained once, shared by the tests)."""
+    os.environ["VAELAB_CACHE"] = str(tmp_path_factory.mktemp("vaelab-cache"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _single_thread_friendly(monkeypatch):
     warnings.simplefilter("default")

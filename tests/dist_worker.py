@@ -20,13 +20,22 @@ def main(out, record, batch_size, steps):
 
         for name in ("save_checkpoint", "save_weights", "write_config"):
             setattr(RunFolder, name, forbidden)
-    cfg = load_config(overrides=[
-        "model.widths=[8, 16]", "model.latent_dim=4", "model.norm=none", f"train.batch_size={batch_size}",
-        # sigma = exp(-15): z = mu, so the per-process reparameterisation noise cannot tell the runs apart
-        "model.logvar_min=-30", "model.logvar_max=-30",
-        f"train.max_steps={steps}", "train.log_every=1", "train.tensorboard=false", "train.num_sample_images=4",
-        "train.checkpoint_every_steps=2",  # device "auto", as the CLI default
-        "train.precision=fp32"])  # the doubled-batch comparison is exact up to float order only in fp32
+    preset = os.environ.get("VAELAB_TEST_PRESET")
+    if preset:  # a hybrid whose step takes decisions (VAE-GAN's skipped discriminator step, AVAE's k_t)
+        sizes = {"vaegan-mnist": ["model.widths=[8, 16]", "model.discriminator_widths=[8, 16]", "model.latent_dim=4",
+                                  "model.balance_margin=0.7"],
+                 "avae-khan-mnist": ["model.filters=4", "model.latent_dim=4", "model.lambdas=[0.1, 0.01, 0.01]"]}[preset]
+        cfg = load_config(preset=preset, overrides=[*sizes, f"train.batch_size={batch_size}", f"train.max_steps={steps}",
+                                                    "train.log_every=1", "train.tensorboard=false",
+                                                    "train.num_sample_images=4", "train.precision=fp32"])
+    else:
+        cfg = load_config(overrides=[
+            "model.widths=[8, 16]", "model.latent_dim=4", "model.norm=none", f"train.batch_size={batch_size}",
+            # sigma = exp(-15): z = mu, so the per-process reparameterisation noise cannot tell the runs apart
+            "model.logvar_min=-30", "model.logvar_max=-30",
+            f"train.max_steps={steps}", "train.log_every=1", "train.tensorboard=false", "train.num_sample_images=4",
+            "train.checkpoint_every_steps=2",  # device "auto", as the CLI default
+            "train.precision=fp32"])  # the doubled-batch comparison is exact up to float order only in fp32
     nan_step = int(os.environ.get("VAELAB_TEST_NAN_ON_RANK1_AT_STEP", "0"))
     if nan_step:  # rank 1 alone sees a NaN KL on that step; --on-nan rollback must take both ranks back together
         cfg.train.on_nan = "rollback"
@@ -49,7 +58,10 @@ def main(out, record, batch_size, steps):
     def recording_step(batch, ctx):
         losses = step_fn(batch, ctx)
         checksum = sum(float(p.double().sum()) for p in trainer.model.parameters())
-        seen.append({"indices": batch["index"].tolist(), "checksum": checksum})
+        controller = getattr(trainer.model, "controller", None)
+        seen.append({"indices": batch["index"].tolist(), "checksum": checksum,
+                     "k": controller.k if controller else None,
+                     "d_updated": float(losses["d_updated"]) if "d_updated" in losses else None})
         return losses
 
     trainer.model.training_step = recording_step

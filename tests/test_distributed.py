@@ -117,3 +117,21 @@ def test_evaluation_split_across_two_processes_equals_one_process(tmp_path):
                 assert other[key] == pytest.approx(space[key], rel=1e-5), (name, key)
         assert other.get("class_coverage") == space.get("class_coverage")
     assert two["sample_metrics"]["mmd_pixels"]["mmd2"] == pytest.approx(one["sample_metrics"]["mmd_pixels"]["mmd2"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["vaegan-mnist", "avae-khan-mnist"])
+def test_hybrid_decisions_are_taken_together_on_two_processes(preset, tmp_path):
+    """VAE-GAN's skipped discriminator step and AVAE's k_t are decided from values averaged over the processes:
+    every rank takes the same decision, so the ranks hold identical weights and k_t after every step (a rank
+    deciding from its own losses alone would skip a different set of updates, hang in the all-reduce or drift)."""
+    _run(2, tmp_path / "h", tmp_path / "h", batch=32, steps=12, VAELAB_TEST_PRESET=preset)
+    ranks = [json.loads((tmp_path / f"h-rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == 12
+    for a, b in zip(ranks[0]["steps"], ranks[1]["steps"]):
+        assert a["checksum"] == pytest.approx(b["checksum"], rel=1e-9, abs=1e-9)
+        assert a["k"] == b["k"] and a["d_updated"] == b["d_updated"]
+    if preset == "avae-khan-mnist":
+        assert len({s["k"] for s in ranks[0]["steps"]}) > 1  # the controller moved, and moved alike
+    else:
+        assert {s["d_updated"] for s in ranks[0]["steps"]} == {0.0, 1.0}  # both decisions were taken

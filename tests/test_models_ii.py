@@ -65,38 +65,104 @@ def test_avae_losses_compose_as_in_the_paper():
     model.controller.k = 0.25
     x = torch.rand(3, 1, 28, 28)
     t = model.losses(x)
-    a, b, g, eta = 0.3, 0.1, 0.1, 0.5
+    c = model.config
+    a, b, g, eta, w = c.alpha, c.beta, c.gamma, c.eta, c.kl_weight
     assert t["L_dis"].item() == pytest.approx(t["L_d"].item() - 0.25 * (t["L_g"].item() + a * t["L_v"].item()), rel=1e-5)
     assert t["L_gen"].item() == pytest.approx(t["L_g"].item() + a * t["L_v"].item() + b * t["L_s"].item() + g * t["L_e"].item(), rel=1e-5)
-    assert t["L_enc"].item() == pytest.approx(t["L_n"].item() + b * t["L_s"].item() + g * t["L_e"].item(), rel=1e-5)
+    assert t["L_enc"].item() == pytest.approx(w * t["L_n"].item() + b * t["L_s"].item() + g * t["L_e"].item(), rel=1e-5)
     e = eta * t["L_d"].item() - (t["L_g"].item() + a * t["L_v"].item())
     assert t["e"].item() == pytest.approx(e, rel=1e-5)
     assert t["M"].item() == pytest.approx(t["L_d"].item() + abs(e), rel=1e-5)
-    # L_d by hand: mean |x - AE(x)|; L_n: KL averaged over the latent dims
-    _, ae = model.discriminator(x)
-    assert t["L_d"].item() == pytest.approx((x - ae).abs().mean().item(), rel=1e-5)
+    # L_n: KL averaged over the latent dims
     mu, logvar = model.encode(x)
     kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1) / 4
     assert t["L_n"].item() == pytest.approx(kl.mean().item(), rel=1e-5)
 
 
-def test_vaegan_feature_loss_by_hand():
-    model = built("vaegan-mnist")
-    x = torch.rand(2, 1, 28, 28)
-    f, logit = model.discriminator(x)
-    assert f.shape[0] == 2 and logit.shape == (2,)
-    f2, _ = model.discriminator(x.flip(0))
-    by_hand = 0.5 * sum(((f[i] - f2[i]) ** 2).sum() for i in range(2)) / 2
-    assert (0.5 * (f - f2).pow(2).sum(1).mean()).item() == pytest.approx(by_hand.item(), rel=1e-5)
+def test_vaegan_feature_loss_is_eq_8_on_the_chosen_discriminator_layer():
+    torch.manual_seed(0)
+    model = built("vaegan-mnist", **{"model.feature_layer": 1})
+    x = torch.rand(3, 1, 28, 28)
+    torch.manual_seed(1)
+    t = model.losses(x)
+    torch.manual_seed(1)  # the same reparameterisation noise, drawn first
+    mu, logvar = model.encode(x)
+    x_tilde = torch.sigmoid(model.decoder(mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)))
+    layers = list(model.discriminator.lower.children())
+    assert sum(isinstance(m, torch.nn.LeakyReLU) for m in layers) == 2  # conv stages 0 and 1: layer l = 1
+    feats = lambda img: model.discriminator.lower(img).flatten(1)
+    by_hand = sum(0.5 * ((feats(x)[i] - feats(x_tilde)[i]) ** 2).sum() for i in range(3)) / 3
+    assert t["llike"].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1).mean()
+    assert t["kl"].item() == pytest.approx(kl.item(), rel=1e-5)
+    assert t["encoder_loss"].item() == pytest.approx((kl + by_hand).item(), rel=1e-5)
+    g = model.config.gamma
+    assert t["decoder_loss"].item() == pytest.approx(g * by_hand.item() + t["g_gan"].item(), rel=1e-5)
+
+
+def test_avae_terms_come_from_the_right_tensors():
+    """L_e, L_g, L_v, L_s and L_d of eqs. (2), (7), (9) recomputed from the networks by hand."""
+    torch.manual_seed(0)
+    model = built("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4})
+    x = torch.rand(3, 1, 28, 28)
+    torch.manual_seed(1)
+    t = model.losses(x)
+    torch.manual_seed(1)
+    xs = 2 * x - 1  # the [-1, 1] range the networks work in
+    mu, logvar = model.encoder(xs).chunk(2, dim=1)
+    x_v = model.decoder(mu + torch.exp(0.5 * logvar) * torch.randn_like(mu))  # z_v ~ q(z|x)
+    x_g = model.decoder(torch.randn_like(mu))  # z_g ~ N(0, I)
+    D = model.discriminator
+    mean_abs = lambda a, b: (a - b).abs().mean().item()
+    assert t["L_e"].item() == pytest.approx(mean_abs(xs, x_v), rel=1e-5)
+    assert t["L_d"].item() == pytest.approx(mean_abs(xs, D.decoder(D.encoder(xs))), rel=1e-5)
+    assert t["L_g"].item() == pytest.approx(mean_abs(x_g, D.decoder(D.encoder(x_g))), rel=1e-5)
+    assert t["L_v"].item() == pytest.approx(mean_abs(x_v, D.decoder(D.encoder(x_v))), rel=1e-5)
+    assert t["L_s"].item() == pytest.approx(mean_abs(D.encoder(xs), D.encoder(x_v)), rel=1e-5)
+    # swapping the fakes (L_g on x_v) or the code of the wrong image would differ
+    assert abs(t["L_g"].item() - t["L_v"].item()) > 1e-6
+
+
+def test_gvae_critic_loss_uses_both_fakes_and_the_penalty_on_interpolates():
+    torch.manual_seed(0)
+    model = built("gvae-sagar-mnist")
+    x, x_tilde, x_p = torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28)
+    torch.manual_seed(3)
+    t = model.critic_loss(x, x_tilde, x_p)
+    D = model.critic
+    torch.manual_seed(3)
+    eps = torch.rand(4, 1, 1, 1)
+    x_hat = (eps * x + (1 - eps) * x_p).requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(x_hat).sum(), x_hat)
+    penalty = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    assert 0.01 < penalty.item()  # a non-linear critic: the penalty is not trivially 0 or constant
+    wasserstein = D(x).mean() - 0.5 * (D(x_tilde).mean() + D(x_p).mean())
+    assert t["gradient_penalty"].item() == pytest.approx(penalty.item(), rel=1e-4)
+    assert t["wasserstein"].item() == pytest.approx(wasserstein.item(), rel=1e-5)
+    assert t["critic_loss"].item() == pytest.approx(-wasserstein.item() + 10 * penalty.item(), rel=1e-4)
+
+
+def test_gvae_vae_step_leaves_the_critic_unchanged():
+    torch.manual_seed(0)
+    model = built("gvae-sagar-mnist")
+    rec = _Recorder(model, snapshot=model.critic)
+    rec.step = model.config.n_critic - 1  # the step that also updates encoder + generator
+    model.training_step({"x": torch.rand(4, 1, 28, 28), "y": None}, rec)
+    assert rec.names == [["critic"], ["vae"]]
+    before, after_critic, after_vae = rec.snapshots
+    assert not all(torch.equal(a, b) for a, b in zip(before, after_critic))
+    assert all(torch.equal(a, b) for a, b in zip(after_critic, after_vae))
 
 
 class _Recorder:
     """An UpdateContext that records which optimizers a step asked for, then applies them."""
 
-    def __init__(self, model):
+    def __init__(self, model, snapshot=None):
         self.inner = _Updater(model.configure_optimizers(), {}, 1, None, "cpu")
         self.step = 0
         self.names = []
+        self.watched = snapshot  # a module whose parameters are copied before the first and after each update
+        self.snapshots = [] if snapshot is None else [_params(snapshot)]
 
     def update(self, loss, optimizer, terms=None):
         self.update_many({optimizer: loss}, terms)
@@ -105,6 +171,11 @@ class _Recorder:
         self.names.append(list(losses))
         self.inner.step = self.step
         self.inner.update_many(losses, terms)
+        if self.watched is not None:
+            self.snapshots.append(_params(self.watched))
+
+    def mean_over_processes(self, values):
+        return self.inner.mean_over_processes(values)
 
 
 def test_avae_updates_touch_only_their_own_groups():
@@ -176,3 +247,24 @@ def test_short_mnist5k_run_has_finite_losses(preset, tmp_path):
     if preset.startswith(("avae", "began")):
         assert all("k" in r and "M" in r for r in rows if r["event"] == "step")
     assert (tmp_path / "r" / "samples" / "step-00000006-samples.png").is_file()
+
+
+PAPER_SETTINGS = {  # the published settings the paper presets must keep (model.*, train.batch_size)
+    "vaegan-larsen-celeba64": {"latent_dim": 128, "gamma": 1e-6, "optimizer": "rmsprop", "lr": 3e-4,
+                               "widths": [64, 128, 256], "discriminator_widths": [32, 128, 256, 256], "batch_size": 64},
+    "gvae-sagar-celeba128": {"latent_dim": 512, "gp_weight": 10.0, "n_critic": 5, "lr": 1e-4, "betas": [0.5, 0.9],
+                             "dropout": 0.3, "stem_channels": 256, "generator_widths": [256, 128, 64], "adv_weight": 1.0},
+    **{name: {"arch": "began", "alpha": 0.3, "beta": 0.1, "gamma": 0.1, "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5],
+              "kl_weight": 1.0, "kl_reduction": "mean", "lr": 5e-5, "filters": 64, "latent_dim": 64, "batch_size": 16}
+       for name in ("avae-khan-celeba64", "avae-khan-celeba128", "avae-khan-cifar10")},
+    "began-star-celeba64": {"arch": "began", "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5], "lr": 5e-5, "filters": 64,
+                            "latent_dim": 64, "batch_size": 16},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_SETTINGS))
+def test_paper_presets_keep_the_papers_settings(preset):
+    cfg = load_config(preset=preset)
+    for key, value in PAPER_SETTINGS[preset].items():
+        got = cfg.train.batch_size if key == "batch_size" else getattr(cfg.model, key)
+        assert got == pytest.approx(value), (preset, key)

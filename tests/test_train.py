@@ -336,3 +336,58 @@ def test_channels_last_trains_the_same_model_and_saves_plain_weights(tmp_path):
     assert runs["true"]["test_elbo"] == pytest.approx(runs["false"]["test_elbo"], rel=1e-4)
     for key, value in weights(tmp_path / "true").items():
         torch.testing.assert_close(value, weights(tmp_path / "false")[key], rtol=1e-3, atol=2e-4)  # 4 Adam steps of lr 1e-3 move weights ~4e-3
+
+
+def test_the_best_epoch_is_kept_and_loaded_by_default(tmp_path):
+    run = tmp_path / "r"
+    train(tiny_config(**{"train.epochs": 3}), run, progress=False)
+    epochs = [r for r in RunFolder(run).read_metrics() if r["event"] == "epoch"]
+    scores = [r["sample_fid"] for r in epochs]
+    assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
+    info = json.loads((run / "model-best.json").read_text())
+    best_epoch = 1 + scores.index(min(scores))
+    assert info["epoch"] == best_epoch and info["sample_fid"] == pytest.approx(min(scores))
+    assert info["feature_space"] == "classifier"  # mnist5k has labels
+    assert [r["best"] for r in epochs] == [s == min(scores[: i + 1]) for i, s in enumerate(scores)]
+    best, last = load_file(run / "model-best.safetensors"), weights(run)
+    default, final = load(run).state_dict(), load(run, weights="last").state_dict()
+    assert all(torch.equal(default[k], best[k]) for k in best)
+    assert all(torch.equal(final[k], last[k]) for k in last)
+    # the score is the FID of the kept weights' samples: rescoring them gives the same number
+    from vaelab.data import load_data
+    from vaelab.metrics.quality import SampleQuality
+
+    cfg = RunFolder(run).read_config()
+    assert SampleQuality(load_data(cfg.data), cfg.data).score(load(run)) == pytest.approx(min(scores), rel=1e-6)
+
+
+def test_a_failing_grid_writer_never_loses_the_epoch(tmp_path, monkeypatch):
+    from vaelab.train import Trainer
+
+    def broken(self, tag):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Trainer, "write_grids", broken)
+    run = tmp_path / "r"
+    with pytest.warns(UserWarning, match="sample grids failed at epoch 1"):
+        summary = train(tiny_config(**{"train.epochs": 2}), run, progress=False)
+    assert summary["epochs_done"] == 2 and (run / "model.safetensors").is_file()
+    assert RunFolder(run).checkpoints()  # written before the grids were tried
+    warned = [r for r in RunFolder(run).read_metrics() if r["event"] == "warning"]
+    assert len(warned) == 2 and "disk full" in warned[0]["message"]
+
+
+def test_grids_of_a_test_split_that_is_not_a_multiple_of_eight(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(55):  # every 5th file is a test image: 11
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    cfg = load_config(overrides=tiny_overrides(**{"train.batch_size": 16, "train.epochs": 1,
+                                                  "train.num_sample_images": 8}) + [f"data.name=folder:{folder}"])
+    train(cfg, tmp_path / "r", progress=False)
+    with Image.open(tmp_path / "r" / "samples" / "epoch-0001-reconstructions.png") as grid:
+        size = grid.size
+    assert size == (8 * 17 + 1, 4 * 17 + 1)  # 11 originals and reconstructions: two pairs of rows of 8

@@ -211,6 +211,8 @@ def sample(
     label: Optional[int] = typer.Option(None, "--label", help="class to draw (conditional models)"),
     batch_size: int = typer.Option(500, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
+    weights: str = typer.Option("best", "--weights", help="best: the epoch whose samples scored best in training "
+                                "(model-best.safetensors); last: the final weights (model.safetensors)"),
 ):
     """Draw images from the model's prior."""
     import numpy as np
@@ -223,7 +225,7 @@ def sample(
         _fail("--num must be at least 1")
     if out.suffix.lower() not in ("", ".png", ".jpg", ".jpeg", ".npz"):
         _fail(f"--out {out}: write a .png or .jpg grid, an .npz file, or a folder name without an extension")
-    model = load(run, device=device)
+    model = load(run, device=device, weights=weights)
     labels = _labels_for(model, num, label)
     generator = torch.Generator().manual_seed(seed)
     chunks = []
@@ -319,6 +321,7 @@ def evaluate(
     utility: bool = typer.Option(True, "--utility/--no-utility", help="classification accuracy score and augmentation gain"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto; under torchrun one per process"),
+    weights: str = typer.Option("best", "--weights", help="best (model-best.safetensors where the run has it) | last"),
 ):
     """Measure a run: likelihood (ELBO, IWAE, reconstruction, KL) and samples (FID/KID/IS, MMD, MS-SSIM, P/R, ...).
     Under torchrun the work is split across the processes, with the same result as one process."""
@@ -326,7 +329,7 @@ def evaluate(
 
     result = run_evaluation(run, split=split, num_samples=num_samples, features=features, k=k, binarized=binarized,
                             inception_weights=inception_weights, download=download, utility=utility, seed=seed,
-                            device=device)
+                            device=device, weights=weights)
     if result is None:  # not the main process of a torchrun launch: the main one reports
         return
     for key, value in headline(result).items():
@@ -355,7 +358,7 @@ def train_classifier_command(
     channels: Optional[int] = typer.Option(None, "--channels"),
     data_root: str = typer.Option("data", "--data-root"),
     epochs: int = typer.Option(10, "--epochs"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder (default classifiers/<data>)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder (default: the cache, <cache>/classifiers/<data>; $VAELAB_CACHE sets <cache>)"),
     seed: int = typer.Option(0, "--seed"),
 ):
     """Train the domain classifier whose features and logits give FID/KID/IS offline (--features classifier:PATH)."""

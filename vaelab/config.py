@@ -65,6 +65,10 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps
     time_budget: str | None = None  # stop cleanly after this much training time: 90s, 10m, 1.5h
     eval_images: int = 1000  # test images for the per-epoch test ELBO (the final one uses up to 10,000)
+    # keep the epoch with the best samples as model-best.safetensors (what sample/evaluate load by default), scored
+    # each epoch by FID of best_samples samples in the domain classifier's space (vaelab/metrics/quality.py)
+    track_best: bool = True
+    best_samples: int = 500
     on_nan: Literal["stop", "rollback"] = "stop"  # rollback: restore the last checkpoint, lower the lr, go on
     max_rollbacks: int = 3
     rollback_lr_factor: float = 0.5

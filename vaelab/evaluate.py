@@ -2,14 +2,13 @@
 
 Reads the run folder (model + config naming its data) and writes RUN/eval/metrics.json, RUN/eval/report.md and
 plots. Feature spaces: ``auto`` uses a domain classifier for labelled data (trained once into
-``classifiers/<data>/`` if none is given), Inception when its weights are on disk, and pixels always.
+the user's cache directory if none is given), Inception when its weights are on disk, and pixels always.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from pathlib import Path
 
@@ -20,30 +19,10 @@ from .data import first_images, load_data
 from .errors import VaelabError
 from .metrics import features as feats
 from .metrics import samples as sm
+from .metrics.features import classifier_folder_for, train_and_save_classifier
 from .metrics.likelihood import likelihood_metrics
 from .processes import barrier, chunk_seed, is_main_process, launched_processes, map_chunks, rank_and_world
 from .run import RunFolder, atomic_write_text, load
-
-
-def classifier_folder_for(data_cfg) -> Path:
-    key = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_cfg.name).strip("_")
-    size = f"-{data_cfg.image_size}px" if data_cfg.image_size else ""
-    return Path("classifiers") / f"{key}{size}"
-
-
-def train_and_save_classifier(data, out: Path, epochs: int = 10, seed: int = 0, progress: bool = True) -> dict:
-    """Train the domain classifier on a dataset's train split, test it on the test split, save it to ``out``."""
-    if data.train.labels is None or data.num_classes < 2:
-        raise VaelabError(f"{data.description} has no class labels, so no domain classifier can be trained; "
-                          "use --features inception (with local weights) or pixels")
-    x_train, x_test = first_images(data.train, len(data.train)), first_images(data.test, len(data.test))
-    if progress:
-        print(f"training a domain classifier on {len(x_train)} images ({epochs} epochs) -> {out}", flush=True)
-    model, info = feats.train_classifier(x_train, data.train.labels, data.num_classes, epochs=epochs, seed=seed,
-                                         x_test=x_test, y_test=data.test.labels)
-    info["data"] = data.description
-    feats.save_classifier(model, out, info)
-    return info
 
 
 def _resolve_features(specs: list[str], run_cfg, data, inception_weights, download, progress) -> list:
@@ -123,7 +102,7 @@ def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10, 
 def evaluate(run: str | Path, split: str = "test", num_samples: int | None = None, features: list[str] = ("auto",),
              k: int = 1000, binarized: bool = False, inception_weights: str | None = None, download: bool = False,
              utility: bool = True, utility_epochs: int = 10, seed: int = 0, device: str = "cpu",
-             progress: bool = True) -> dict | None:
+             progress: bool = True, weights: str = "best") -> dict | None:
     """Measure one run; returns the metrics dict and writes RUN/eval/.
 
     Under torchrun / accelerate launch the likelihood batches, the samples and their features are split across
@@ -138,14 +117,15 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
 
         device = str(join_processes(device)[0])
     main = is_main_process()
-    model = load(run, device=device)
+    model = load(run, device=device, weights=weights)
     cfg = model.run_config
     data = load_data(cfg.data)
     part = data.test if split == "test" else data.train
     x_real = first_images(part, len(part))
     y_real = part.labels
     n = num_samples or len(x_real)
-    result: dict = {"run": str(run), "model": model.registry_name, "data": data.description, "split": split,
+    result: dict = {"run": str(run), "weights": model.weights_file, "model": model.registry_name,
+                    "data": data.description, "split": split,
                     "real_images": len(x_real), "samples": n, "seed": seed}
 
     if model.has_encoder:

@@ -56,6 +56,8 @@ class RunFolder:
 
     config_path = property(lambda self: self.path / "config.yaml")
     weights_path = property(lambda self: self.path / "model.safetensors")
+    best_weights_path = property(lambda self: self.path / "model-best.safetensors")
+    best_info_path = property(lambda self: self.path / "model-best.json")
     checkpoint_dir = property(lambda self: self.path / "checkpoints")
     samples_dir = property(lambda self: self.path / "samples")
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
@@ -95,20 +97,35 @@ class RunFolder:
         return build_config(raw)
 
     # weights -----------------------------------------------------------------------------------------
-    def save_weights(self, model: torch.nn.Module) -> None:
+    def save_weights(self, model: torch.nn.Module, best_info: dict | None = None) -> None:
+        """model.safetensors; with ``best_info`` (the score and epoch that made them the best so far),
+        model-best.safetensors and its model-best.json instead."""
         from safetensors.torch import save_file
 
+        path = self.weights_path if best_info is None else self.best_weights_path
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        atomic_write(self.weights_path, lambda tmp: save_file(state, tmp, metadata={"model": model.registry_name}))
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"model": model.registry_name}))
+        if best_info is not None:
+            atomic_write_text(self.best_info_path, json.dumps(best_info, indent=2) + "\n")
 
-    def load_weights(self) -> dict[str, torch.Tensor]:
+    def best_info(self) -> dict | None:
+        """The score and epoch of model-best.safetensors, or None when the run has no best weights."""
+        if not (self.best_info_path.is_file() and self.best_weights_path.is_file()):
+            return None
+        try:
+            return json.loads(self.best_info_path.read_text())
+        except (json.JSONDecodeError, OSError):
+            return None
+
+    def load_weights(self, path: Path | None = None) -> dict[str, torch.Tensor]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        path = path or self.weights_path
         try:
-            return load_file(self.weights_path)
+            return load_file(path)
         except (SafetensorError, OSError, ValueError) as exc:
-            raise RunFolderError(f"{self.weights_path} is damaged or not a safetensors file ({exc})") from None
+            raise RunFolderError(f"{path} is damaged or not a safetensors file ({exc})") from None
 
     # checkpoints -------------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -168,21 +185,30 @@ def read_checkpoint(path: Path) -> dict:
     return state
 
 
-def load(path: str | Path, device: str | torch.device = "cpu"):
+def load(path: str | Path, device: str | torch.device = "cpu", weights: str = "best"):
     """Rebuild the model of run folder ``path`` with its trained weights, in eval mode.
 
-    Uses model.safetensors; a run stopped before it was written falls back to its newest checkpoint.
+    ``weights="best"`` (the default) takes model-best.safetensors, the epoch whose samples scored best during
+    training, where the run has it, and model.safetensors (the last weights) otherwise; ``"last"`` always takes
+    model.safetensors. A run stopped before its weights were written falls back to its newest checkpoint.
     """
     from .models.base import build_model
 
+    if weights not in ("best", "last"):
+        raise RunFolderError(f"weights must be 'best' or 'last', got {weights!r}")
     run = RunFolder(path)
     cfg = run.read_config()
     model = build_model(cfg.model)
-    if run.weights_path.is_file():
+    if weights == "best" and run.best_info() is not None:
+        state = run.load_weights(run.best_weights_path)
+        model.weights_file = run.best_weights_path.name
+    elif run.weights_path.is_file():
         state = run.load_weights()
+        model.weights_file = run.weights_path.name
     elif run.checkpoints():
         warnings.warn(f"{run.weights_path} not found (training did not finish); using the newest checkpoint")
         state = run.load_checkpoint()["model"]
+        model.weights_file = "checkpoint"
     else:
         raise RunFolderError(f"{run.path} has no weights (no model.safetensors and no checkpoints)")
     try:

@@ -76,6 +76,16 @@ class _Updater:
     def update(self, loss: torch.Tensor, optimizer: str, terms: dict[str, torch.Tensor] | None = None) -> None:
         self.update_many({optimizer: loss}, terms)
 
+    def mean_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        """The element-wise mean of ``values`` over all processes (a detached float32 copy): what a model bases a
+        decision on that changes which updates run (a skipped step, a controller's value), so every process takes
+        the same one."""
+        values = values.detach().float().clone()
+        if self.world > 1:
+            torch.distributed.all_reduce(values)
+            values /= self.world
+        return values
+
     def update_many(self, losses: dict[str, torch.Tensor], terms: dict[str, torch.Tensor] | None = None) -> None:
         """Gradients of every ``{optimizer: loss}`` from the current graph first, then the steps in dict order."""
         # One flag per loss, agreed across processes (MIN), read with one sync: every process stops together,
@@ -253,8 +263,12 @@ class Trainer:
         if self.rank > 0:  # same initial weights, different noise per process (also after a resume)
             torch.manual_seed(t.seed + self.rank + 1_000_003 * self.pos.step)
         self.writer = None
+        self.quality = None  # the best-weights score, built at the first epoch's end
         if self.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
+            if not resume:  # best weights of an earlier run in this folder are not this run's
+                self.run.best_weights_path.unlink(missing_ok=True)
+                self.run.best_info_path.unlink(missing_ok=True)
             self.run.write_config(cfg)
 
     # state -------------------------------------------------------------------------------------------
@@ -392,9 +406,12 @@ class Trainer:
             labels = None if self.data.test.labels is None else self.data.test.labels[: len(x)].to(self.device)
             with torch.inference_mode():
                 recon = self.model.reconstruct(x, labels if self.model.is_conditional else None)
-            rows = torch.stack([x.view(-1, 8, *x.shape[1:]), recon.float().view(-1, 8, *x.shape[1:])], 1)
-            save_image(rows.reshape(-1, *x.shape[1:]).cpu(), self.run.samples_dir / f"{tag}-reconstructions.png",
-                       nrow=8, padding=1)
+            per_row = min(8, len(x))  # originals above their reconstructions, row by row
+            pad = (-len(x)) % per_row  # a short last row is filled with blank images
+            x, recon = (torch.cat([t.float(), t.new_zeros(pad, *t.shape[1:]).float()]) for t in (x, recon))
+            rows = [t for i in range(0, len(x), per_row) for t in (x[i : i + per_row], recon[i : i + per_row])]
+            save_image(torch.cat(rows).cpu(), self.run.samples_dir / f"{tag}-reconstructions.png",
+                       nrow=per_row, padding=1)
         self.model.train()
 
     # the loop ----------------------------------------------------------------------------------------
@@ -511,21 +528,54 @@ class Trainer:
     def _end_of_epoch(self, images_per_s: float) -> None:
         t = self.cfg.train
         e = self.pos.epoch
-        self.sync_buffers()
+        # The checkpoint first: nothing optional after it can lose the epoch's training.
+        if t.checkpoint_every_epochs and (e % t.checkpoint_every_epochs == 0 or e == t.epochs):
+            self.save_checkpoint()
+        else:
+            self.sync_buffers()
         row = {"event": "epoch", "step": self.pos.step, "epoch": e, "images_per_s": images_per_s}
         metrics = self.test_elbo(t.eval_images)
         if metrics:
             row.update(metrics)
+        if t.track_best and self.is_main:
+            row.update(self._optional("the best-weights score", self._track_best) or {})
         self.log(row)
         if self.is_main and self.progress:
             shown = ""
             if metrics:
                 shown = f"  test ELBO {metrics['test_elbo']:.2f} nats" if "test_elbo" in metrics else f"  test loss {metrics['test_loss']:.2f}"
+            if "sample_fid" in row:
+                shown += f"  sample FID {row['sample_fid']:.1f}" + (" (best)" if row.get("best") else "")
             print(f"epoch {e}/{t.epochs}  step {self.pos.step}  {images_per_s:.0f} img/s{shown}", flush=True)
         if t.sample_every_epochs and (e % t.sample_every_epochs == 0 or e == t.epochs):
-            self.write_grids(f"epoch-{e:04d}")
-        if t.checkpoint_every_epochs and (e % t.checkpoint_every_epochs == 0 or e == t.epochs):
-            self.save_checkpoint()
+            self._optional("the sample grids", lambda: self.write_grids(f"epoch-{e:04d}"))
+
+    def _optional(self, what: str, work):
+        """Run optional end-of-epoch work; a failure warns (naming it) and training goes on. Returns its result."""
+        try:
+            return work()
+        except Exception as exc:  # noqa: BLE001  (optional work must never end a run)
+            message = f"{what} failed at epoch {self.pos.epoch} ({type(exc).__name__}: {exc}); training goes on"
+            warnings.warn(message)
+            self.log({"event": "warning", "step": self.pos.step, "epoch": self.pos.epoch, "message": message})
+            return None
+
+    def _track_best(self) -> dict:
+        """Score this epoch's samples; keep the weights as model-best.safetensors when they beat the best so far."""
+        from .metrics.quality import SampleQuality
+
+        if self.quality is None:
+            self.quality = SampleQuality(self.data, self.cfg.data, n=self.cfg.train.best_samples,
+                                         seed=self.cfg.train.seed, progress=self.progress)
+        score = self.quality.score(self.model)
+        if score is None or not math.isfinite(score):
+            return {}
+        best = self.run.best_info()
+        improved = best is None or score < best["sample_fid"]
+        if improved:
+            self.run.save_weights(self.model, best_info={"sample_fid": score, "epoch": self.pos.epoch,
+                                                         "step": self.pos.step, **self.quality.settings})
+        return {"sample_fid": score, "best": improved}
 
     def _finish(self, reason: str) -> dict:
         if reason != "epochs":  # stopped inside an epoch: keep its state and its grids

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -22,6 +23,16 @@ from ..errors import RunFolderError, VaelabError
 from ..run import atomic_write, atomic_write_text
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+
+def cache_dir() -> Path:
+    """Where vaelab keeps what it can rebuild (domain classifiers): $VAELAB_CACHE, else $XDG_CACHE_HOME/vaelab,
+    else ~/.cache/vaelab (%LOCALAPPDATA%\\vaelab on Windows)."""
+    if os.environ.get("VAELAB_CACHE"):
+        return Path(os.environ["VAELAB_CACHE"]).expanduser()
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "vaelab"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaelab"
 
 
 class DomainClassifier(nn.Module):
@@ -102,6 +113,32 @@ def load_classifier(folder: str | Path) -> DomainClassifier:
     model.load_state_dict(load_file(folder / "classifier.safetensors"))
     model.meta = meta
     return model.eval()
+
+
+def classifier_folder_for(data_cfg) -> Path:
+    """The cached domain classifier of a dataset: <cache>/classifiers/<data>[-<size>px][-<channels>ch]-train
+    (trained on the dataset's train split; the cache is ``features.cache_dir()``)."""
+    key = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_cfg.name).strip("_")
+    size = f"-{data_cfg.image_size}px" if data_cfg.image_size else ""
+    channels = f"-{data_cfg.channels}ch" if data_cfg.channels else ""
+    return cache_dir() / "classifiers" / f"{key}{size}{channels}-train"
+
+
+def train_and_save_classifier(data, out: Path, epochs: int = 10, seed: int = 0, progress: bool = True) -> dict:
+    """Train the domain classifier on a dataset's train split, test it on the test split, save it to ``out``."""
+    if data.train.labels is None or data.num_classes < 2:
+        raise VaelabError(f"{data.description} has no class labels, so no domain classifier can be trained; "
+                          "use --features inception (with local weights) or pixels")
+    from ..data import first_images
+
+    x_train, x_test = first_images(data.train, len(data.train)), first_images(data.test, len(data.test))
+    if progress:
+        print(f"training a domain classifier on {len(x_train)} images ({epochs} epochs) -> {out}", flush=True)
+    model, info = train_classifier(x_train, data.train.labels, data.num_classes, epochs=epochs, seed=seed,
+                                   x_test=x_test, y_test=data.test.labels)
+    info["data"] = data.description
+    save_classifier(model, out, info)
+    return info
 
 
 class Extractor:

@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import kl_standard_normal
 from .base import GaussianLatentModel, GenerativeModel, register
-from .blocks import BeganDecoder, BeganEncoder
+from .blocks import BeganDecoder, BeganEncoder, ConvDecoder, ConvEncoder
 
 
 class PIDController:
@@ -57,17 +57,47 @@ class PIDController:
         self.k, self.e1, self.e2 = float(state["k"]), float(state["e1"]), float(state["e2"])
 
 
+def encoder_net(c, out_dim: int, levels: int, norm: str = "none") -> nn.Module:
+    """x (B, C, S, S) -> (B, out_dim) in the config's architecture (``arch``: began or dcgan; ``norm`` for dcgan)."""
+    if c.arch == "dcgan":
+        body = ConvEncoder(c.channels, c.image_size, c.widths, norm, slope=0.2)
+        return nn.Sequential(body, nn.Linear(body.out_features, out_dim))
+    return BeganEncoder(c.channels, c.image_size, c.filters, levels, out_dim)
+
+
+def decoder_net(c, in_dim: int, levels: int, norm: str = "none") -> nn.Module:
+    """code (B, in_dim) -> linear output (B, C, S, S) in the config's architecture."""
+    if c.arch == "dcgan":
+        return ConvDecoder(in_dim, c.channels, c.image_size, c.widths, norm, slope=0.2)
+    return BeganDecoder(in_dim, c.channels, c.image_size, c.filters, levels)
+
+
 class AutoencoderDiscriminator(nn.Module):
     """BEGAN discriminator: x (B, C, S, S) -> (code (B, code_dim), reconstruction (B, C, S, S))."""
 
-    def __init__(self, channels, image_size, n, levels, code_dim):
+    def __init__(self, c, levels: int):
         super().__init__()
-        self.encoder = BeganEncoder(channels, image_size, n, levels, code_dim)
-        self.decoder = BeganDecoder(code_dim, channels, image_size, n, levels)
+        self.encoder = encoder_net(c, c.latent_dim, levels)
+        self.decoder = decoder_net(c, c.latent_dim, levels)
 
     def forward(self, x):
         code = self.encoder(x)
         return code, self.decoder(code)
+
+
+def to_signed(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> [-1, 1], the range BEGAN trains in (Berthelot et al. 2017), same shape."""
+    return 2 * x - 1
+
+
+def to_image(out: torch.Tensor) -> torch.Tensor:
+    """A linear network output in the [-1, 1] data range -> float32 image in [0, 1], same shape.
+
+    The networks end linear, as BEGAN's do: a sigmoid on digits that are ~80% black saturates at the black
+    background, where its gradient vanishes, and the generator settles on all-black images that the auto-encoder
+    reconstructs perfectly (mnist5k, 3 minutes: every sample black, L_g 0.03 against L_d 0.13, RESULTS.md).
+    """
+    return ((out.float() + 1) / 2).clamp(0, 1)
 
 
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -81,8 +111,14 @@ class AVAEConfig:
     image_size: int | None = None
     channels: int | None = None
     latent_dim: int = 64  # also the discriminator's hidden code size
+    # began: the BEGAN blocks of the paper (3x3 convs at every resolution, ELU); dcgan: 4x4 stride-2 convs of the
+    # given widths, LeakyReLU, no normalisation (a fraction of the FLOPs: see the mnist5k preset)
+    arch: Literal["began", "dcgan"] = "began"
     filters: int = 64  # n of the BEGAN blocks
     levels: int | None = None  # factor-2 resamplings; None: as many as keep image_size / 2^levels >= 7
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])  # arch dcgan
+    # arch dcgan: BatchNorm in the encoder and decoder (the discriminator has none, as in BEGAN)
+    generator_norm: Literal["none", "batch"] = "none"
     alpha: float = 0.3
     beta: float = 0.1
     gamma: float = 0.1
@@ -90,6 +126,7 @@ class AVAEConfig:
     lambdas: list[float] = field(default_factory=lambda: [1e-3, 1e-5, 1e-5])
     k0: float = 0.0
     kl_reduction: Literal["mean", "sum"] = "mean"
+    kl_weight: float = 1.0  # the weight of L_n in (15): 1 in the paper
     lr: float = 5e-5
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     logvar_min: float = -30.0
@@ -114,7 +151,7 @@ class _BeganControlled:
 
     def _build_discriminator(self, c):
         self.levels = c.levels if c.levels is not None else default_levels(c.image_size)
-        self.discriminator = AutoencoderDiscriminator(c.channels, c.image_size, c.filters, self.levels, c.latent_dim)
+        self.discriminator = AutoencoderDiscriminator(c, self.levels)
         self.controller = PIDController(list(c.lambdas), c.k0)
 
     def extra_state(self) -> dict:
@@ -134,8 +171,8 @@ class AVAE(_BeganControlled, GaussianLatentModel):
         super().__init__(config)
         c = config
         self._build_discriminator(c)
-        self.encoder = BeganEncoder(c.channels, c.image_size, c.filters, self.levels, 2 * c.latent_dim)
-        self.decoder = BeganDecoder(c.latent_dim, c.channels, c.image_size, c.filters, self.levels)
+        self.encoder = encoder_net(c, 2 * c.latent_dim, self.levels, c.generator_norm)
+        self.decoder = decoder_net(c, c.latent_dim, self.levels, c.generator_norm)
 
     def configure_optimizers(self):
         c = self.config
@@ -144,18 +181,24 @@ class AVAE(_BeganControlled, GaussianLatentModel):
                 "discriminator": make(self.discriminator.parameters())}
 
     def encode(self, x, y=None):
-        return self.split_moments(self.encoder(x))
+        """x (B, C, H, W) in [0, 1] -> mu, logvar (B, latent_dim)."""
+        return self.split_moments(self.encoder(to_signed(x)))
+
+    def decode(self, z, y=None):
+        return to_image(self.decoder(z))
 
     def nll(self, output, x):
-        """Pixel sum of absolute errors per image (B,), the L_e of eq. (2) times |x|: an evaluation proxy."""
-        return (torch.sigmoid(output.float()) - x.float()).abs().flatten(1).sum(1)
+        """Pixel sum of absolute errors per image (B,) on the [0, 1] scale: an evaluation proxy, not a likelihood."""
+        return (to_image(output) - x.float()).abs().flatten(1).sum(1)
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every term of eqs. (2)-(15) for one batch, plus e_t and M. Scalars."""
+        """Every term of eqs. (2)-(15) for one batch x (B, C, H, W) in [0, 1], plus e_t and M; scalars, all
+        measured on the [-1, 1] scale the networks work in."""
         c = self.config
-        mu, logvar = self.encode(x)
-        x_v = torch.sigmoid(self.decoder(self.reparameterize(mu, logvar)))
-        x_g = torch.sigmoid(self.decoder(torch.randn_like(mu)))
+        x = to_signed(x)
+        mu, logvar = self.split_moments(self.encoder(x))
+        x_v = self.decoder(self.reparameterize(mu, logvar))
+        x_g = self.decoder(torch.randn_like(mu))
         z_d, ae_x = self.discriminator(x)
         z_v, ae_v = self.discriminator(x_v)
         _, ae_g = self.discriminator(x_g)
@@ -171,7 +214,7 @@ class AVAE(_BeganControlled, GaussianLatentModel):
         k = self.controller.k
         t["L_dis"] = t["L_d"] - k * (t["L_g"] + c.alpha * t["L_v"])
         t["L_gen"] = t["L_g"] + c.alpha * t["L_v"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
-        t["L_enc"] = t["L_n"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
+        t["L_enc"] = c.kl_weight * t["L_n"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
         balance = c.eta * t["L_d"] - (t["L_g"] + c.alpha * t["L_v"])
         t["e"] = balance.detach()
         t["M"] = (t["L_d"] + balance.abs()).detach()
@@ -180,7 +223,7 @@ class AVAE(_BeganControlled, GaussianLatentModel):
     def training_step(self, batch, ctx):
         t = self.losses(batch["x"])
         ctx.update_many({"encoder": t["L_enc"], "decoder": t["L_gen"], "discriminator": t["L_dis"]}, t)
-        k = self.controller.update(float(t["e"]))
+        k = self.controller.update(float(ctx.mean_over_processes(t["e"])))
         return {**{key: v.detach() for key, v in t.items()}, "k": torch.tensor(k)}
 
 
@@ -190,8 +233,11 @@ class BEGANStarConfig:
     image_size: int | None = None
     channels: int | None = None
     latent_dim: int = 64
+    arch: Literal["began", "dcgan"] = "began"
     filters: int = 64
     levels: int | None = None
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    generator_norm: Literal["none", "batch"] = "none"  # arch dcgan: BatchNorm in the generator
     eta: float = 0.5
     lambdas: list[float] = field(default_factory=lambda: [1e-3, 1e-5, 1e-5])
     k0: float = 0.0
@@ -212,7 +258,7 @@ class BEGANStar(_BeganControlled, GenerativeModel):
         super().__init__(config)
         c = config
         self._build_discriminator(c)
-        self.generator = BeganDecoder(c.latent_dim, c.channels, c.image_size, c.filters, self.levels)
+        self.generator = decoder_net(c, c.latent_dim, self.levels, c.generator_norm)
 
     def configure_optimizers(self):
         c = self.config
@@ -220,12 +266,12 @@ class BEGANStar(_BeganControlled, GenerativeModel):
                 "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=tuple(c.betas))}
 
     def decode(self, z, y=None):
-        return torch.sigmoid(self.generator(z).float())
+        return to_image(self.generator(z))
 
     def training_step(self, batch, ctx):
         c = self.config
-        x = batch["x"]
-        x_g = torch.sigmoid(self.generator(torch.randn(x.shape[0], c.latent_dim, device=x.device)))
+        x = to_signed(batch["x"])
+        x_g = self.generator(torch.randn(x.shape[0], c.latent_dim, device=x.device))
         _, ae_x = self.discriminator(x)
         _, ae_g = self.discriminator(x_g)
         t = {"L_d": l1(x, ae_x), "L_g": l1(x_g, ae_g)}
@@ -233,5 +279,5 @@ class BEGANStar(_BeganControlled, GenerativeModel):
         balance = c.eta * t["L_d"] - t["L_g"]
         t["e"], t["M"] = balance.detach(), (t["L_d"] + balance.abs()).detach()
         ctx.update_many({"generator": t["L_g"], "discriminator": t["L_dis"]}, t)
-        k = self.controller.update(float(t["e"]))
+        k = self.controller.update(float(ctx.mean_over_processes(t["e"])))
         return {**{key: v.detach() for key, v in t.items()}, "k": torch.tensor(k)}

@@ -68,6 +68,10 @@ class UpdateContext(Protocol):
     def update_many(self, losses: dict[str, torch.Tensor], terms: dict[str, torch.Tensor] | None = None) -> None:
         """All gradients from the current forward pass first, then the optimizer steps in dict order."""
 
+    def mean_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean of ``values`` over all training processes: the input of any decision that changes which updates
+        run, so that every process takes the same decision."""
+
 
 class GenerativeModel(nn.Module):
     config_class: type

@@ -129,26 +129,39 @@ class GVAE(GaussianLatentModel):
             return bernoulli_nll(output, x)
         return gaussian_nll(torch.sigmoid(output.float()), x, self.log_sigma2)
 
-    def training_step(self, batch, ctx):
-        c = self.config
-        x = batch["x"]
+    def fakes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) -> (mu, logvar (B, latent_dim), raw output of G(z ~ q(z|x)), x_p = G(z ~ N(0, I)) in [0, 1])."""
         mu, logvar = self.encode(x)
         out_tilde = self.generator(self.reparameterize(mu, logvar))
-        x_tilde = torch.sigmoid(out_tilde)
-        x_p = torch.sigmoid(self.generator(torch.randn_like(mu)))
+        return mu, logvar, out_tilde, torch.sigmoid(self.generator(torch.randn_like(mu)))
 
+    def critic_loss(self, x: torch.Tensor, x_tilde: torch.Tensor, x_p: torch.Tensor) -> dict[str, torch.Tensor]:
+        """WGAN-GP critic loss (Gulrajani et al. eq. 3) with both fakes; the penalty on random interpolates of the
+        real images and x_p. Scalars: ``critic_loss``, ``wasserstein``, ``gradient_penalty``."""
         d_real = self.critic(x).float().mean()
         d_fake = 0.5 * (self.critic(x_tilde.detach()).float().mean() + self.critic(x_p.detach()).float().mean())
         penalty = gradient_penalty(self.critic, x, x_p)
-        critic_loss = d_fake - d_real + c.gp_weight * penalty
-        terms = {"critic_loss": critic_loss, "wasserstein": d_real - d_fake, "gradient_penalty": penalty}
-        ctx.update(critic_loss, "critic", terms)
-        out = {k: v.detach() for k, v in terms.items()}
-        if (ctx.step + 1) % c.n_critic == 0:
-            nll = self.nll(out_tilde, x).mean()
-            kl = kl_standard_normal(mu, logvar).mean()
-            adv = -0.5 * (self.critic(x_tilde).float().mean() + self.critic(x_p).float().mean())
-            vae_loss = nll + kl + c.adv_weight * adv
-            ctx.update(vae_loss, "vae", {"nll": nll, "kl": kl, "g_adv": adv})
-            out.update({"nll": nll.detach(), "kl": kl.detach(), "g_adv": adv.detach(), "vae_loss": vae_loss.detach()})
-        return out
+        return {"critic_loss": d_fake - d_real + self.config.gp_weight * penalty, "wasserstein": d_real - d_fake,
+                "gradient_penalty": penalty}
+
+    def training_step(self, batch, ctx):
+        c = self.config
+        x = batch["x"]
+        vae_step = (ctx.step + 1) % c.n_critic == 0
+        if not vae_step:  # a critic-only step: the fakes need no graph
+            with torch.no_grad():
+                _, _, out_tilde, x_p = self.fakes(x)
+            terms = self.critic_loss(x, torch.sigmoid(out_tilde), x_p)
+            ctx.update(terms["critic_loss"], "critic", terms)
+            return {k: v.detach() for k, v in terms.items()}
+        mu, logvar, out_tilde, x_p = self.fakes(x)
+        x_tilde = torch.sigmoid(out_tilde)
+        terms = self.critic_loss(x, x_tilde, x_p)
+        ctx.update(terms["critic_loss"], "critic", terms)
+        nll = self.nll(out_tilde, x).mean()
+        kl = kl_standard_normal(mu, logvar).mean()
+        adv = -0.5 * (self.critic(x_tilde).float().mean() + self.critic(x_p).float().mean())
+        vae_loss = nll + kl + c.adv_weight * adv
+        ctx.update(vae_loss, "vae", {"nll": nll, "kl": kl, "g_adv": adv})
+        return {**{k: v.detach() for k, v in terms.items()},
+                "nll": nll.detach(), "kl": kl.detach(), "g_adv": adv.detach(), "vae_loss": vae_loss.detach()}

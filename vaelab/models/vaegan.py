@@ -95,31 +95,41 @@ class VAEGAN(GaussianLatentModel):
         """Pixel sum of squared errors per image (B,): a reconstruction proxy for evaluation, not the training loss."""
         return (torch.sigmoid(output.float()) - x.float()).pow(2).flatten(1).sum(1)
 
-    def training_step(self, batch, ctx):
-        c = self.config
-        x = batch["x"]
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The terms of eqs. (3)-(10) for one batch x (B, C, H, W) in [0, 1], and the three networks' losses. Scalars."""
         mu, logvar = self.encode(x)
         x_tilde = torch.sigmoid(self.decoder(self.reparameterize(mu, logvar)))
         x_p = torch.sigmoid(self.decoder(torch.randn_like(mu)))
         f_real, d_real = self.discriminator(x)
         f_tilde, d_tilde = self.discriminator(x_tilde)
         _, d_p = self.discriminator(x_p)
+        t = {"kl": kl_standard_normal(mu, logvar).mean(),
+             "llike": 0.5 * (f_real.float() - f_tilde.float()).pow(2).sum(1).mean(),  # eq. 8
+             "d_real_loss": bce_with_target(d_real, 1.0),
+             "d_fake_loss": 0.5 * (bce_with_target(d_tilde, 0.0) + bce_with_target(d_p, 0.0))}
+        t["d_loss"] = t["d_real_loss"] + 2 * t["d_fake_loss"]  # -L_GAN of eq. 10
+        t["g_gan"] = bce_with_target(d_tilde, 1.0) + bce_with_target(d_p, 1.0)  # non-saturating, for the decoder
+        t["encoder_loss"] = t["kl"] + t["llike"]
+        t["decoder_loss"] = self.config.gamma * t["llike"] + t["g_gan"]
+        t["d_real"] = torch.sigmoid(d_real.detach().float()).mean()
+        t["d_fake"] = torch.sigmoid(d_p.detach().float()).mean()
+        return t
 
-        prior = kl_standard_normal(mu, logvar).mean()
-        llike = 0.5 * (f_real.float() - f_tilde.float()).pow(2).sum(1).mean()
-        bce = lambda logits, target: F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
-        d_real_loss, d_fake_loss = bce(d_real, 1.0), 0.5 * (bce(d_tilde, 0.0) + bce(d_p, 0.0))
-        dis_loss = d_real_loss + bce(d_tilde, 0.0) + bce(d_p, 0.0)  # -L_GAN
-        dec_gan = bce(d_tilde, 1.0) + bce(d_p, 1.0)  # non-saturating -L_GAN for the decoder
-
-        losses = {"encoder": prior + llike, "decoder": c.gamma * llike + dec_gan}
-        skip = c.balance_margin is not None and float(d_real_loss.detach()) < c.balance_margin \
-            and float(d_fake_loss.detach()) < c.balance_margin
+    def training_step(self, batch, ctx):
+        c = self.config
+        t = self.losses(batch["x"])
+        losses = {"encoder": t["encoder_loss"], "decoder": t["decoder_loss"]}
+        skip = False
+        if c.balance_margin is not None:  # decided on the losses of all processes, so all skip together
+            real_fake = ctx.mean_over_processes(torch.stack([t["d_real_loss"], t["d_fake_loss"]]))
+            skip = bool((real_fake < c.balance_margin).all())
         if not skip:
-            losses["discriminator"] = dis_loss
-        terms = {"kl": prior, "llike": llike, "d_loss": dis_loss, "g_gan": dec_gan}
-        ctx.update_many(losses, terms)
-        return {**{k: v.detach() for k, v in terms.items()},
-                "d_real": torch.sigmoid(d_real.float()).mean().detach(),
-                "d_fake": torch.sigmoid(d_p.float()).mean().detach(),
-                "d_updated": torch.tensor(0.0 if skip else 1.0)}
+            losses["discriminator"] = t["d_loss"]
+        ctx.update_many(losses, {k: t[k] for k in ("kl", "llike", "d_loss", "g_gan")})
+        keep = ("kl", "llike", "d_loss", "g_gan", "d_real", "d_fake")
+        return {**{k: t[k].detach() for k in keep}, "d_updated": torch.tensor(0.0 if skip else 1.0)}
+
+
+def bce_with_target(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Binary cross-entropy of logits (B,) against a constant target, averaged over the batch. Scalar, float32."""
+    return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))

@@ -1,0 +1,88 @@
+"""The hybrids' quality bar (issue 15): train each preset at its default budget over several seeds, evaluate, and
+print the table of RESULTS.md (mean +- standard deviation over the seeds).
+
+    python benchmarks/quality_bar.py [--presets gvae-sagar-mnist avae-khan-mnist ...] [--seeds 0 1 2]
+                                     [--runs /tmp/vaelab-quality] [--set key=value ...] [--weights best|last]
+
+Each run is `vaelab train --preset P --seed S`, then `vaelab evaluate RUN --num-samples 1000 --k 0 --no-utility`
+(1,000 samples against the 1,000 mnist5k test images, domain-classifier feature space). Runs go one at a time:
+two training processes on 2 cores slow each other ~20x. Conditional presets also report the label accuracy of
+`sample --label k` (the domain classifier's agreement with the requested class).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HYBRIDS = ["vae-mnist", "vaegan-mnist", "gvae-sagar-mnist", "avae-khan-mnist", "began-star-mnist"]
+COLUMNS = [("budget_s", "train s", "{:.0f}"), ("fid", "FID", "{:.1f}"), ("kid", "KID", "{:.3f}"),
+           ("precision", "precision", "{:.2f}"), ("recall", "recall", "{:.2f}"), ("classes", "classes", "{:.1f}"),
+           ("sharpness", "sharpness", "{:.3f}"), ("kl", "KL nats", "{:.1f}"),
+           ("recon_mse", "recon MSE/px", "{:.4f}"), ("label_accuracy", "label acc.", "{:.3f}")]
+
+
+def run_one(preset: str, seed: int, sets: list[str], root: Path, weights: str) -> dict:
+    out = root / f"{preset}-s{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "vaelab", "train", "--preset", preset, "--out", str(out), "--no-progress",
+               "--seed", str(seed), "--set", "train.tensorboard=false"]
+    for s in sets:
+        command += ["--set", s]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    subprocess.run([sys.executable, "-m", "vaelab", "evaluate", str(out), "--num-samples", "1000", "--k", "0",
+                    "--no-utility", "--weights", weights], check=True, stdout=subprocess.DEVNULL)
+    summary = json.loads((out / "summary.json").read_text())
+    result = json.loads((out / "eval" / "metrics.json").read_text())
+    space = next(v for k, v in result["sample_metrics"]["features"].items() if k.startswith("classifier"))
+    lik = result.get("likelihood", {})
+    row = {"preset": preset, "seed": seed, "budget_s": summary["train_seconds"], "wall_s": wall,
+           "epochs": summary["epochs_done"], "precision_mode": summary["precision"], "weights": result.get("weights"),
+           "fid": space["fid"], "kid": space["kid"], "precision": space["precision"], "recall": space["recall"],
+           "classes": space["class_coverage"]["classes_present"], "sharpness": result["sample_metrics"]["sharpness_samples"],
+           "kl": lik.get("kl_nats"), "recon_mse": lik.get("reconstruction_mse_per_pixel"),
+           "label_accuracy": space.get("conditional_accuracy")}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| preset | seeds | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        mine = [r for r in rows if r["preset"] == preset]
+        cells = []
+        for key, _, fmt in COLUMNS:
+            values = [r[key] for r in mine if r.get(key) is not None]
+            if not values:
+                cells.append("-")
+            elif len(values) == 1:
+                cells.append(fmt.format(values[0]))
+            else:
+                cells.append(f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}")
+        lines.append(f"| `{preset}` | {len(mine)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--presets", nargs="+", default=HYBRIDS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--runs", default="/tmp/vaelab-quality")
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--weights", default="best", choices=["best", "last"])
+    args = parser.parse_args()
+    rows = [run_one(p, s, args.sets, Path(args.runs), args.weights) for p in args.presets for s in args.seeds]
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
