@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from test_models_i import _params, built
 from vaelab.config import load_config
-from vaelab.models.avae import PIDController, l1
+from vaelab.models.avae import PIDController, l1, pull_away
 from vaelab.run import RunFolder
 from vaelab.train import _Updater, train
 
@@ -53,6 +53,15 @@ def test_pid_controller_on_a_given_error_sequence():
     assert other.update(0.5) == pid.update(0.5)
 
 
+def test_pull_away_term_by_hand():
+    same = torch.tensor([[1.0, 2.0], [2.0, 4.0], [-3.0, -6.0]])  # one direction: every cosine is +-1
+    assert pull_away(same).item() == pytest.approx(1.0)
+    orthogonal = torch.eye(3)
+    assert pull_away(orthogonal).item() == pytest.approx(0.0)
+    mixed = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # cos 45 degrees: squared 0.5
+    assert pull_away(mixed).item() == pytest.approx(0.5)
+
+
 def test_l1_by_hand():
     a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     b = torch.tensor([[0.0, 2.5], [3.0, 2.0]])
@@ -68,7 +77,9 @@ def test_avae_losses_compose_as_in_the_paper():
     c = model.config
     a, b, g, eta, w = c.alpha, c.beta, c.gamma, c.eta, c.kl_weight
     assert t["L_dis"].item() == pytest.approx(t["L_d"].item() - 0.25 * (t["L_g"].item() + a * t["L_v"].item()), rel=1e-5)
-    assert t["L_gen"].item() == pytest.approx(t["L_g"].item() + a * t["L_v"].item() + b * t["L_s"].item() + g * t["L_e"].item(), rel=1e-5)
+    adv = c.adv_weight * (t["L_g"].item() + a * t["L_v"].item())
+    pt = c.pull_away_weight * t["L_pt"].item()
+    assert t["L_gen"].item() == pytest.approx(adv + b * t["L_s"].item() + g * t["L_e"].item() + pt, rel=1e-5)
     assert t["L_enc"].item() == pytest.approx(w * t["L_n"].item() + b * t["L_s"].item() + g * t["L_e"].item(), rel=1e-5)
     e = eta * t["L_d"].item() - (t["L_g"].item() + a * t["L_v"].item())
     assert t["e"].item() == pytest.approx(e, rel=1e-5)
@@ -103,7 +114,7 @@ def test_vaegan_feature_loss_is_eq_8_on_the_chosen_discriminator_layer():
 def test_avae_terms_come_from_the_right_tensors():
     """L_e, L_g, L_v, L_s and L_d of eqs. (2), (7), (9) recomputed from the networks by hand."""
     torch.manual_seed(0)
-    model = built("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4})
+    model = built("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4}).eval()  # BatchNorm: running stats
     x = torch.rand(3, 1, 28, 28)
     torch.manual_seed(1)
     t = model.losses(x)
@@ -119,6 +130,10 @@ def test_avae_terms_come_from_the_right_tensors():
     assert t["L_g"].item() == pytest.approx(mean_abs(x_g, D.decoder(D.encoder(x_g))), rel=1e-5)
     assert t["L_v"].item() == pytest.approx(mean_abs(x_v, D.decoder(D.encoder(x_v))), rel=1e-5)
     assert t["L_s"].item() == pytest.approx(mean_abs(D.encoder(xs), D.encoder(x_v)), rel=1e-5)
+    codes = D.encoder(x_g)
+    cos = torch.nn.functional.cosine_similarity(codes[:, None], codes[None], dim=2)
+    pt = sum(cos[i, j] ** 2 for i in range(3) for j in range(3) if i != j) / 6
+    assert t["L_pt"].item() == pytest.approx(pt.item(), rel=1e-4)
     # swapping the fakes (L_g on x_v) or the code of the wrong image would differ
     assert abs(t["L_g"].item() - t["L_v"].item()) > 1e-6
 
@@ -197,7 +212,7 @@ def test_avae_updates_touch_only_their_own_groups():
 
 def test_vaegan_and_gvae_updates_touch_only_their_own_groups():
     torch.manual_seed(0)
-    model = built("gvae-sagar-mnist")
+    model = built("gvae-sagar-mnist", **{"model.n_critic": 5})  # the paper's schedule
     rec = _Recorder(model)
     x = torch.rand(4, 1, 28, 28)
     vae_before, critic_before = _params(model.generator), _params(model.critic)
@@ -255,7 +270,7 @@ PAPER_SETTINGS = {  # the published settings the paper presets must keep (model.
     "gvae-sagar-celeba128": {"latent_dim": 512, "gp_weight": 10.0, "n_critic": 5, "lr": 1e-4, "betas": [0.5, 0.9],
                              "dropout": 0.3, "stem_channels": 256, "generator_widths": [256, 128, 64], "adv_weight": 1.0},
     **{name: {"arch": "began", "alpha": 0.3, "beta": 0.1, "gamma": 0.1, "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5],
-              "kl_weight": 1.0, "kl_reduction": "mean", "lr": 5e-5, "filters": 64, "latent_dim": 64, "batch_size": 16}
+              "kl_weight": 1.0, "adv_weight": 1.0, "kl_reduction": "mean", "lr": 5e-5, "filters": 64, "latent_dim": 64, "batch_size": 16}
        for name in ("avae-khan-celeba64", "avae-khan-celeba128", "avae-khan-cifar10")},
     "began-star-celeba64": {"arch": "began", "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5], "lr": 5e-5, "filters": 64,
                             "latent_dim": 64, "batch_size": 16},

@@ -18,9 +18,11 @@ hidden code has the latent size. With x_v = Dec(z_v), z_v ~ q(z|x), and x_g = De
 Update order (Algorithm 1): encoder on L_enc, decoder on L_gen, controller, discriminator on L_dis; all
 gradients come from one forward pass, and L_dis uses k_{t-1}, so the controller's place in the order is exact.
 
-The KL of (3) is averaged over latent dimensions by default (``kl_reduction: mean``), the same 1/|z|
-normalisation the paper gives L_s in (9) and L_e in (2); summed over dimensions (``sum``) it outweighs the
-per-pixel terms by two orders of magnitude and the encoder collapses to the prior.
+The networks work on images scaled to [-1, 1] and end linear, as BEGAN's do (``to_signed`` / ``to_image``).
+The KL of (3) is averaged over latent dimensions (``kl_reduction: mean``), the 1/|z| normalisation the paper gives
+L_s in (9) and L_e in (2). Knobs beyond the paper, all at the paper's value by default and each set by the mnist5k
+presets with its measurement: ``kl_weight`` on L_n in (15), ``adv_weight`` on L_g + alpha L_v in (14),
+``pull_away_weight`` (EBGAN's repelling term on the codes of x_g), and ``arch: dcgan`` with ``generator_norm``.
 """
 
 from __future__ import annotations
@@ -85,6 +87,20 @@ class AutoencoderDiscriminator(nn.Module):
         return code, self.decoder(code)
 
 
+def pull_away(codes: torch.Tensor) -> torch.Tensor:
+    """EBGAN's pull-away term (Zhao et al. 2017, eq. 7): the mean squared cosine similarity between the
+    discriminator codes (B, D) of different generated images. Scalar in [0, 1]; 1 when every code points the same way.
+
+    An auto-encoder discriminator scores each image on its own, so nothing in BEGAN's losses sees a batch of identical
+    samples; this term does (mnist5k: every BEGAN* sample the same "7" after 7,262 steps without it, RESULTS.md)."""
+    b = codes.shape[0]
+    if b < 2:
+        return codes.new_zeros((), dtype=torch.float32)
+    unit = nn.functional.normalize(codes.float(), dim=1)
+    cosines = unit @ unit.T
+    return (cosines.pow(2).sum() - b) / (b * (b - 1))  # the diagonal is 1
+
+
 def to_signed(x: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] -> [-1, 1], the range BEGAN trains in (Berthelot et al. 2017), same shape."""
     return 2 * x - 1
@@ -127,6 +143,8 @@ class AVAEConfig:
     k0: float = 0.0
     kl_reduction: Literal["mean", "sum"] = "mean"
     kl_weight: float = 1.0  # the weight of L_n in (15): 1 in the paper
+    adv_weight: float = 1.0  # the weight of the adversarial L_g + alpha L_v in (14): 1 in the paper
+    pull_away_weight: float = 0.0  # EBGAN's pull-away term on the codes of x_g, added to (14); not in the paper
     lr: float = 5e-5
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     logvar_min: float = -30.0
@@ -196,12 +214,14 @@ class AVAE(_BeganControlled, GaussianLatentModel):
         measured on the [-1, 1] scale the networks work in."""
         c = self.config
         x = to_signed(x)
+        b = x.shape[0]
         mu, logvar = self.split_moments(self.encoder(x))
-        x_v = self.decoder(self.reparameterize(mu, logvar))
-        x_g = self.decoder(torch.randn_like(mu))
-        z_d, ae_x = self.discriminator(x)
-        z_v, ae_v = self.discriminator(x_v)
-        _, ae_g = self.discriminator(x_g)
+        # One decoder pass over z_v ~ q(z|x) and z_g ~ N(0, I), one discriminator pass over x, x_v, x_g: with
+        # BatchNorm in the decoder, separate passes normalise the prior batch by its own statistics, and the decoder
+        # learned to tell the two apart (reconstructions fine, every prior sample one digit; RESULTS.md)
+        x_v, x_g = self.decoder(torch.cat([self.reparameterize(mu, logvar), torch.randn_like(mu)])).split(b)
+        codes, ae = self.discriminator(torch.cat([x, x_v, x_g]))
+        (z_d, z_v, code_g), (ae_x, ae_v, ae_g) = codes.split(b), ae.split(b)
         kl = kl_standard_normal(mu, logvar)
         t = {
             "L_e": l1(x, x_v),
@@ -210,10 +230,12 @@ class AVAE(_BeganControlled, GaussianLatentModel):
             "L_g": l1(x_g, ae_g),
             "L_v": l1(x_v, ae_v),
             "L_s": l1(z_d, z_v),
+            "L_pt": pull_away(code_g),
         }
         k = self.controller.k
         t["L_dis"] = t["L_d"] - k * (t["L_g"] + c.alpha * t["L_v"])
-        t["L_gen"] = t["L_g"] + c.alpha * t["L_v"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
+        t["L_gen"] = c.adv_weight * (t["L_g"] + c.alpha * t["L_v"]) + c.beta * t["L_s"] + c.gamma * t["L_e"] \
+            + c.pull_away_weight * t["L_pt"]
         t["L_enc"] = c.kl_weight * t["L_n"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
         balance = c.eta * t["L_d"] - (t["L_g"] + c.alpha * t["L_v"])
         t["e"] = balance.detach()
@@ -238,6 +260,7 @@ class BEGANStarConfig:
     levels: int | None = None
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])
     generator_norm: Literal["none", "batch"] = "none"  # arch dcgan: BatchNorm in the generator
+    pull_away_weight: float = 0.0  # EBGAN's pull-away term on the codes of x_g, added to L_G; not in the paper
     eta: float = 0.5
     lambdas: list[float] = field(default_factory=lambda: [1e-3, 1e-5, 1e-5])
     k0: float = 0.0
@@ -272,12 +295,13 @@ class BEGANStar(_BeganControlled, GenerativeModel):
         c = self.config
         x = to_signed(batch["x"])
         x_g = self.generator(torch.randn(x.shape[0], c.latent_dim, device=x.device))
-        _, ae_x = self.discriminator(x)
-        _, ae_g = self.discriminator(x_g)
-        t = {"L_d": l1(x, ae_x), "L_g": l1(x_g, ae_g)}
+        codes, ae = self.discriminator(torch.cat([x, x_g]))
+        ae_x, ae_g = ae.split(x.shape[0])
+        t = {"L_d": l1(x, ae_x), "L_g": l1(x_g, ae_g), "L_pt": pull_away(codes[x.shape[0]:])}
+        t["L_G"] = t["L_g"] + c.pull_away_weight * t["L_pt"]
         t["L_dis"] = t["L_d"] - self.controller.k * t["L_g"]
         balance = c.eta * t["L_d"] - t["L_g"]
         t["e"], t["M"] = balance.detach(), (t["L_d"] + balance.abs()).detach()
-        ctx.update_many({"generator": t["L_g"], "discriminator": t["L_dis"]}, t)
+        ctx.update_many({"generator": t["L_G"], "discriminator": t["L_dis"]}, t)
         k = self.controller.update(float(ctx.mean_over_processes(t["e"])))
         return {**{key: v.detach() for key, v in t.items()}, "k": torch.tensor(k)}
