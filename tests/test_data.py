@@ -160,3 +160,31 @@ def test_batches_are_float_in_unit_range():
     assert batch["x"].dtype == torch.float32 and batch["x"].shape == (32, 1, 8, 8)
     assert 0.0 <= float(batch["x"].min()) and float(batch["x"].max()) <= 1.0
     assert batch["y"].shape == (32,)
+
+
+def test_stl10_with_the_unlabelled_images_trains_on_all_of_them(monkeypatch):
+    """The STL-10 preset trains on the 105,000 images the paper used (labelled + unlabelled); the test split stays."""
+    import numpy as np
+    import torchvision.datasets as tvd
+
+    from vaelab.config import DataConfig
+    from vaelab.data import load_data
+
+    sizes = {"train": 5, "train+unlabeled": 5 + 100, "test": 8}
+
+    class FakeSTL10:
+        classes = [str(i) for i in range(10)]
+
+        def __init__(self, root, split, download=False):
+            n = sizes[split]
+            self.data = np.zeros((n, 3, 96, 96), dtype=np.uint8)
+            self.labels = np.array([i % 10 if i < 5 or split == "test" else -1 for i in range(n)])
+
+    monkeypatch.setattr(tvd, "STL10", FakeSTL10)
+    full = load_data(DataConfig(name="stl10+unlabeled", image_size=32))
+    assert len(full.train) == 105 and full.train.labels is None and len(full.test) == 8
+    labelled = load_data(DataConfig(name="stl10", image_size=32))
+    assert len(labelled.train) == 5 and labelled.train.labels is not None
+    from vaelab.config import load_config
+
+    assert load_config(preset="dcvae-ssim-stl10").data.name == "stl10+unlabeled"

@@ -283,3 +283,19 @@ def test_paper_presets_keep_the_papers_settings(preset):
     for key, value in PAPER_SETTINGS[preset].items():
         got = cfg.train.batch_size if key == "batch_size" else getattr(cfg.model, key)
         assert got == pytest.approx(value), (preset, key)
+
+
+def test_gvae_critic_only_steps_build_no_graph_for_the_vae():
+    """On the n_critic - 1 steps that update the critic alone, the encoder and generator run without autograd
+    (their graph would be thrown away); the VAE step runs them with it."""
+    model = built("gvae-sagar-mnist", **{"model.n_critic": 3})
+    calls = []
+    model.generator.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    rec = _Recorder(model)
+    x = torch.rand(4, 1, 28, 28)
+    for step in range(3):
+        rec.step = step
+        calls.clear()
+        model.training_step({"x": x, "y": None}, rec)
+        assert calls and all(c == (step == 2) for c in calls), (step, calls)
+    assert rec.names == [["critic"], ["critic"], ["critic"], ["vae"]]

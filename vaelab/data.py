@@ -34,6 +34,7 @@ DATASETS = {
     "fashion-mnist": "torchvision Fashion-MNIST (60k/10k) under data.root; --download to fetch.",
     "cifar10": "torchvision CIFAR-10 (50k/10k, 32x32 RGB) under data.root; --download to fetch.",
     "stl10": "torchvision STL-10 labelled train/test (96x96 RGB) under data.root; --download to fetch.",
+    "stl10+unlabeled": "STL-10 with the 100,000 unlabelled images added to the 5,000 labelled ones for training (no class labels); test as stl10.",
     "celeba": "torchvision CelebA with its 40 attributes (centre crop 140, default 64 px) under data.root; --download to fetch.",
     "lsun:CATEGORY": "torchvision LSUN CATEGORY_train / CATEGORY_val (lmdb) under data.root; download by hand (see error).",
 }
@@ -373,7 +374,7 @@ _EXPECTED_FILES = {
     "mnist": "{root}/MNIST/raw/train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte",
     "fashion-mnist": "{root}/FashionMNIST/raw/train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte",
     "cifar10": "{root}/cifar-10-batches-py/ (data_batch_1..5, test_batch), from cifar-10-python.tar.gz",
-    "stl10": "{root}/stl10_binary/ (train_X.bin, train_y.bin, test_X.bin, test_y.bin), from stl10_binary.tar.gz",
+    "stl10": "{root}/stl10_binary/ (train_X.bin, train_y.bin, test_X.bin, test_y.bin, and unlabeled_X.bin for stl10+unlabeled), from stl10_binary.tar.gz",
     "celeba": "{root}/celeba/ (img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt, identity_CelebA.txt, list_bbox_celeba.txt, list_landmarks_align_celeba.txt)",
     "lsun": "{root}/{category}_train_lmdb/ and {root}/{category}_val_lmdb/ (from the LSUN download scripts; needs `pip install lmdb`)",
 }
@@ -404,11 +405,13 @@ def _torchvision_in_memory(name: str, cfg: DataConfig) -> DataSplits:
     return DataSplits(train, test, channels, size, sets[0][2], description=f"{name} (torchvision, {cfg.root})")
 
 
-def _stl10(cfg: DataConfig) -> DataSplits:
+def _stl10(cfg: DataConfig, unlabeled: bool = False) -> DataSplits:
+    """STL-10's labelled train/test splits; with ``unlabeled`` the 100,000 unlabelled images join the training split
+    (the set unsupervised papers train on), which then has no class labels."""
     import torchvision.datasets as tvd
 
     sets = []
-    for split in ("train", "test"):
+    for split in ("train+unlabeled" if unlabeled else "train", "test"):
         try:
             ds = tvd.STL10(cfg.root, split=split, download=cfg.download)
         except (RuntimeError, FileNotFoundError, OSError) as exc:
@@ -416,7 +419,9 @@ def _stl10(cfg: DataConfig) -> DataSplits:
         sets.append((torch.from_numpy(ds.data), torch.as_tensor(ds.labels, dtype=torch.long), list(ds.classes)))
     channels, size = cfg.channels or 3, cfg.image_size or 96
     train, test = (ImageSet(images=reshape_uint8(x, channels, size), labels=y) for x, y, _ in sets)
-    return DataSplits(train, test, channels, size, sets[0][2], description=f"stl10 (torchvision, {cfg.root})")
+    if unlabeled:
+        train.labels = None  # -1 for the unlabelled images: no classes for the training split
+    return DataSplits(train, test, channels, size, sets[0][2], description=f"{cfg.name} (torchvision, {cfg.root})")
 
 
 class _TorchvisionStream(torch.utils.data.Dataset):
@@ -512,8 +517,8 @@ def _load_source(cfg: DataConfig) -> DataSplits:
         return load_folder(name[len("folder:") :], cfg)
     if name in ("mnist", "fashion-mnist", "cifar10"):
         return _torchvision_in_memory(name, cfg)
-    if name == "stl10":
-        return _stl10(cfg)
+    if name in ("stl10", "stl10+unlabeled"):
+        return _stl10(cfg, unlabeled=name == "stl10+unlabeled")
     if name == "celeba":
         return _celeba(cfg)
     if name.startswith("lsun:"):

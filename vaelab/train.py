@@ -562,6 +562,10 @@ class Trainer:
 
     def _track_best(self) -> dict:
         """Score this epoch's samples; keep the weights as model-best.safetensors when they beat the best so far."""
+        with torch.random.fork_rng(devices=[]):  # the classifier's training reseeds; resume must stay exact
+            return self._score_and_keep()
+
+    def _score_and_keep(self) -> dict:
         from .metrics.quality import SampleQuality
 
         if self.quality is None:
@@ -580,7 +584,7 @@ class Trainer:
     def _finish(self, reason: str) -> dict:
         if reason != "epochs":  # stopped inside an epoch: keep its state and its grids
             self.save_checkpoint()
-            self.write_grids(f"step-{self.pos.step:08d}")
+            self._optional("the sample grids", lambda: self.write_grids(f"step-{self.pos.step:08d}"))
         summary = {
             "model": self.model.registry_name,
             "data": self.data.description,
@@ -602,7 +606,8 @@ class Trainer:
             atomic_write_text(self.run.summary_path, json.dumps(summary, indent=2) + "\n")
             from .plots import plot_training_curves
 
-            plot_training_curves(self.run.read_metrics(), self.run.path / "curves.png")
+            self._optional("the training curves", lambda: plot_training_curves(self.run.read_metrics(),
+                                                                             self.run.path / "curves.png"))
             self.log({"event": "end", "step": self.pos.step, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}})
         return summary
 
