@@ -55,6 +55,23 @@ def test_mmd_is_zero_for_identical_sets_and_grows_with_a_mean_shift():
     assert values == sorted(values) and values[-1] > 0.3
 
 
+def test_mmd_by_hand_is_the_unbiased_estimator_with_the_real_sets_kernel():
+    x = torch.tensor([[0.0], [1.0], [3.0]])  # real: pairwise distances 1, 2, 3 -> median bandwidth 2
+    y = torch.tensor([[0.5], [2.0]])
+    k = lambda a, b: math.exp(-((a - b) ** 2) / (2 * 2.0**2))
+    xs, ys = [0.0, 1.0, 3.0], [0.5, 2.0]
+    kxx = sum(k(a, b) for i, a in enumerate(xs) for j, b in enumerate(xs) if i != j) / (3 * 2)
+    kyy = sum(k(a, b) for i, a in enumerate(ys) for j, b in enumerate(ys) if i != j) / (2 * 1)
+    kxy = sum(k(a, b) for a in xs for b in ys) / (3 * 2)
+    result = sm.mmd(x, y)
+    assert result["bandwidth"] == pytest.approx(2.0)
+    assert result["mmd2"] == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-9)  # a biased (V-statistic) estimate differs
+    biased = (sum(k(a, b) for a in xs for b in xs) / 9 + sum(k(a, b) for a in ys for b in ys) / 4 - 2 * kxy)
+    assert abs(result["mmd2"] - biased) > 1e-3
+    # the kernel comes from the real set alone: the same for any sample set compared against it
+    assert sm.mmd(x, y * 10)["bandwidth"] == result["bandwidth"]
+
+
 def test_ms_ssim_settings_adapt_to_size_and_identity_is_one():
     assert sm.ms_ssim_settings(28) == (3, 7)
     assert sm.ms_ssim_settings(64)[0] == 4

@@ -199,6 +199,8 @@ def headline(result: dict) -> dict[str, float]:
                 row[f"{key}_{tag}"] = space[key]
         if "class_coverage" in space:
             row[f"classes_{tag}"] = space["class_coverage"]["classes_present"]
+        if "conditional_accuracy" in space:  # conditional models: samples of class k classified as k
+            row[f"label_accuracy_{tag}"] = space["conditional_accuracy"]
     util = result.get("synthetic_utility")
     if util:
         row["cas"] = util["classification_accuracy_score"]
@@ -217,6 +219,8 @@ HIGHER_IS_BETTER = {
 def better(metric: str) -> bool | None:
     if metric in HIGHER_IS_BETTER:
         return HIGHER_IS_BETTER[metric]
+    if metric.startswith("label_accuracy"):
+        return True
     base = metric.split("_")[0]
     return {"fid": False, "kid": False, "is": True, "precision": True, "recall": True, "classes": True}.get(base)
 

@@ -70,21 +70,23 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> di
 def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> dict:
     """Unbiased MMD^2 with a Gaussian kernel k(a, b) = exp(-||a - b||^2 / (2 s^2)) (Gretton et al. 2012, eq. 3).
 
-    s defaults to the median heuristic: the median pairwise distance over the pooled sets. x: (N, d), y: (M, d).
+    ``x`` (N, d) is the real set, ``y`` (M, d) the samples. s defaults to the median heuristic over the real set
+    alone (the median pairwise distance between real points), so every model compared against the same real set
+    is measured with the same kernel; a bandwidth taken from the pooled sets would differ from run to run.
     """
     x, y = x.double().flatten(1), y.double().flatten(1)
     pooled = torch.cat([x, y])
     d2 = torch.cdist(pooled, pooled).pow(2)
     if bandwidth is None:
-        n = len(pooled)
-        off_diag = d2[~torch.eye(n, dtype=torch.bool)]
+        n = len(x)
+        off_diag = d2[:n, :n][~torch.eye(n, dtype=torch.bool)]
         bandwidth = float(off_diag.sqrt().median())
     k = torch.exp(-d2 / (2 * bandwidth**2))
     n, m = len(x), len(y)
     kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
     value = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) \
         - 2 * kxy.mean()
-    return {"mmd2": float(value), "bandwidth": bandwidth, "bandwidth_rule": "median pairwise distance (pooled)"}
+    return {"mmd2": float(value), "bandwidth": bandwidth, "bandwidth_rule": "median pairwise distance of the real set"}
 
 
 def ms_ssim_settings(image_size: int) -> tuple[int, int]:
