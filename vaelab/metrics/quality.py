@@ -1,6 +1,6 @@
 """A cheap sample-quality score for training: which epoch's weights to keep as the run's best.
 
-FID between ``n`` samples and the first ``n`` test images in the domain classifier's feature space (the classifier
+FID between ``n`` samples and the first ``n`` training images in the domain classifier's feature space (the classifier
 is trained once per dataset into the cache, as ``vaelab evaluate`` does); for data without class labels, in the
 features of a fixed, seeded, untrained network of the same shape (random-feature FID: cruder, but it ranks blur and
 collapse the same way). The real features are computed once; one call costs one sampling pass of ``n`` images and
@@ -16,8 +16,8 @@ from . import samples as sm
 
 
 class SampleQuality:
-    """score(model) -> FID of ``n`` samples against ``n`` fixed real images (lower is better), or None when the
-    test split has too few images for a covariance."""
+    """score(model) -> FID of ``n`` samples against ``n`` fixed training images (lower is better), or None when
+    the training split has too few images for a covariance."""
 
     def __init__(self, data, data_cfg, n: int = 500, seed: int = 0, progress: bool = False):
         from ..data import first_images
@@ -34,8 +34,8 @@ class SampleQuality:
                 torch.manual_seed(seed)
                 self.network = feats.DomainClassifier(data.channels, data.image_size, 2).eval()
             self.space = "random_features"
-        real_split = data.test if len(data.test) >= 2 else data.train
-        real = first_images(real_split, n)
+        # training images as the reference: choosing the best epoch on the test images would bias the test numbers
+        real = first_images(data.train, n)
         self.n = len(real)
         self.real = self._features(real) if self.n >= 2 else None
         self.settings = {"metric": "fid", "feature_space": self.space, "samples": self.n, "seed": seed}
