@@ -17,7 +17,8 @@ from vaelab.data import load_data
 def built(preset, **sets):
     cfg = load_config(preset=preset, overrides=[f"{k}={v}" for k, v in sets.items()])
     if cfg.model.image_size is None:
-        shape = {"stl10": (96, 3, 10), "cifar10": (32, 3, 10), "celeba": (64, 3, 0)}.get(cfg.data.name)
+        source = cfg.data.name.split("+")[0]  # stl10+unlabeled is STL-10's shape
+        shape = {"stl10": (96, 3, 10), "cifar10": (32, 3, 10), "celeba": (64, 3, 0)}.get(source)
         if shape:
             cfg.model.image_size, cfg.model.channels = shape[0], shape[1]
             if hasattr(cfg.model, "num_classes"):

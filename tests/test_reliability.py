@@ -57,12 +57,14 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(trained, tmp_pat
 def test_tampered_weights_and_foreign_run_folders(trained, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(trained, run)
-    weights = run / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[:8] = (10**12).to_bytes(8, "little")  # header length beyond the file
-    weights.write_bytes(bytes(data))
-    with pytest.raises(RunFolderError, match="damaged or not a safetensors file"):
-        load(run)
+    assert (run / "model-best.safetensors").is_file()  # the default load takes the best epoch's weights
+    for name, which in (("model.safetensors", "last"), ("model-best.safetensors", "best")):
+        weights = run / name
+        data = bytearray(weights.read_bytes())
+        data[:8] = (10**12).to_bytes(8, "little")  # header length beyond the file
+        weights.write_bytes(bytes(data))
+        with pytest.raises(RunFolderError, match=f"{name} is damaged or not a safetensors file"):
+            load(run, weights=which)
 
     other = tmp_path / "other"
     shutil.copytree(trained, other)
