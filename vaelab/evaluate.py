@@ -30,10 +30,10 @@ def _resolve_features(specs: list[str], run_cfg, data, inception_weights, downlo
     for spec in specs:
         if spec == "auto":
             if data.train.labels is not None and data.num_classes >= 2:
-                folder = classifier_folder_for(run_cfg.data)
-                if is_main_process() and not (folder / "classifier.json").is_file():
-                    train_and_save_classifier(data, folder, progress=progress)
+                if is_main_process():
+                    feats.cached_classifier(data, run_cfg.data, progress)
                 barrier()  # the other processes load what the main process trained
+                folder = classifier_folder_for(run_cfg.data)
                 extractors.append(feats.ClassifierExtractor(folder))
             if feats.inception_weights_path(inception_weights) is not None or download:
                 extractors.append(feats.InceptionExtractor(inception_weights, download))

@@ -141,6 +141,14 @@ def train_and_save_classifier(data, out: Path, epochs: int = 10, seed: int = 0, 
     return info
 
 
+def cached_classifier(data, data_cfg, progress: bool = False) -> Path:
+    """The folder of the dataset's domain classifier in the cache, trained there first if it is missing."""
+    folder = classifier_folder_for(data_cfg)
+    if not (folder / "classifier.json").is_file():
+        train_and_save_classifier(data, folder, progress=progress)
+    return folder
+
+
 class Extractor:
     """A named feature extractor: ``features(x)`` (N, d) and ``logits(x)`` (N, K) or None, batched."""
 

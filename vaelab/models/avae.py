@@ -128,7 +128,7 @@ class AVAEConfig:
     channels: int | None = None
     latent_dim: int = 64  # also the discriminator's hidden code size
     # began: the BEGAN blocks of the paper (3x3 convs at every resolution, ELU); dcgan: 4x4 stride-2 convs of the
-    # given widths, LeakyReLU, no normalisation (a fraction of the FLOPs: see the mnist5k preset)
+    # given widths, LeakyReLU (a fraction of the FLOPs: see the mnist5k preset)
     arch: Literal["began", "dcgan"] = "began"
     filters: int = 64  # n of the BEGAN blocks
     levels: int | None = None  # factor-2 resamplings; None: as many as keep image_size / 2^levels >= 7
