@@ -88,9 +88,8 @@ def test_inception_without_weights_says_where_to_put_them(runs, tmp_path, monkey
 
 def test_compare_report(runs, tmp_path):
     root, _ = runs
-    for name in ("vae", "gan"):
-        if not (root / name / "eval" / "metrics.json").is_file():
-            evaluate(root / name, num_samples=200, features=["pixels"], k=5, progress=False)
+    for name in ("vae", "gan"):  # measured alike, so the sample metrics rank
+        evaluate(root / name, num_samples=200, features=["pixels"], k=5, progress=False)
     out = compare([root / "vae", root / "gan"], tmp_path / "cmp")
     md = (out / "report.md").read_text()
     assert "| fid_pixels |" in md and "**" in md
@@ -117,3 +116,26 @@ def test_cli_evaluate_and_sweep(runs, tmp_path, monkeypatch):
     for value in (2, 3):
         cfg = (tmp_path / "runs" / f"vae-mnist-latent_dim-{value}" / "config.yaml").read_text()
         assert f"latent_dim: {value}" in cfg
+
+
+def test_compare_ranks_only_numbers_measured_alike(runs, tmp_path):
+    """Bernoulli ELBOs on grey levels are never ranked; binarized alike they are, but IWAE bounds with different K
+    are not (and the row says why); sample metrics in one feature space still rank."""
+    import shutil
+
+    root, _ = runs
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(root / "vae", a)
+    shutil.copytree(root / "vae", b)
+    evaluate(a, num_samples=50, features=["pixels"], k=5, progress=False)
+    evaluate(b, num_samples=50, features=["pixels"], k=5, seed=1, progress=False)
+    md = (compare([a, b], tmp_path / "c1") / "report.md").read_text()
+    row = lambda name: next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
+    for name in ("elbo_nats", "iwae_nats"):
+        assert "not normalised" in row(name) and "**" not in row(name)
+    assert "**" in row("fid_pixels") and row("fid_pixels").endswith("|  |")
+    evaluate(a, num_samples=50, features=["pixels"], k=5, binarized=True, progress=False)
+    evaluate(b, num_samples=50, features=["pixels"], k=7, binarized=True, progress=False)
+    md = (compare([a, b], tmp_path / "c2") / "report.md").read_text()
+    assert "**" in row("elbo_nats") and row("elbo_nats").endswith("|  |")
+    assert "importance_samples" in row("iwae_nats") and "**" not in row("iwae_nats")

@@ -156,3 +156,70 @@ def test_iwae_bounds_ordering_and_closed_form_on_ppca():
     assert iwae[10] >= elbo and iwae[10] < iwae[100] < iwae[2000]  # tightens as K grows
     assert iwae[2000] == pytest.approx(exact, abs=0.05)
     assert iwae[1] == pytest.approx(elbo, abs=0.3)  # K = 1 is the ELBO (up to sampling noise)
+
+
+class _FixedDensity(nn.Module):
+    """A 'model' whose ELBO and IWAE are log p(x) of a factorised Gaussian density N(mean, sigma^2) per pixel (or the
+    uniform density on [0, 1]^D when sigma is None), for checking the bits/dim convention."""
+
+    has_likelihood = True
+    is_conditional = False
+
+    def __init__(self, mean: float = 0.5, sigma: float | None = None):
+        super().__init__()
+        self.mean, self.sigma = mean, sigma
+        self.config = type("C", (), {"likelihood": "gaussian"})()
+        self.device = torch.device("cpu")
+
+    def _log_density(self, x):
+        if self.sigma is None:
+            return torch.zeros(len(x), dtype=torch.float64)
+        z = (x.double() - self.mean) / self.sigma
+        return (-0.5 * z**2 - math.log(self.sigma) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+
+    def elbo(self, x, y=None):
+        logp = self._log_density(x)
+        return {"elbo": logp, "nll": -logp, "kl": torch.zeros_like(logp)}
+
+    def log_likelihood(self, x, k, y=None):
+        return self._log_density(x)
+
+    def reconstruct(self, x, y=None):
+        return x
+
+
+def test_bits_per_dim_of_a_uniform_density_on_8_bit_images_is_exactly_8():
+    from vaelab.metrics.likelihood import likelihood_metrics
+
+    x = torch.randint(0, 256, (50, 1, 6, 6)).float() / 255
+    result = likelihood_metrics(_FixedDensity(sigma=None), x, k=4, progress=False)
+    assert result["elbo_bits_per_dim"] == pytest.approx(8.0, abs=1e-9)
+    assert result["iwae_bits_per_dim"] == pytest.approx(8.0, abs=1e-9)
+    assert result["elbo_nats"] == pytest.approx(-36 * math.log(256))
+
+
+def test_bits_per_dim_of_a_gaussian_density_match_the_dequantised_expectation_by_hand():
+    """E_u log N((k + u)/256; m, s^2) = log N((k + 1/2)/256; m, s^2) - 1/(2 s^2 12 * 256^2), minus log 256 per pixel."""
+    from vaelab.metrics.likelihood import likelihood_metrics
+
+    torch.manual_seed(0)
+    m, s = 0.4, 0.2
+    k = torch.randint(0, 256, (400, 1, 8, 8)).double()
+    x = (k / 255).float()
+    centre = (k + 0.5) / 256
+    by_hand = (-0.5 * ((centre - m) / s) ** 2 - 1 / (2 * s**2 * 12 * 256**2) - math.log(s) - 0.5 * math.log(2 * math.pi)
+               - math.log(256)).flatten(1).sum(1).mean()
+    result = likelihood_metrics(_FixedDensity(m, s), x, k=4, progress=False)
+    assert result["elbo_nats"] == pytest.approx(float(by_hand), abs=0.05)  # the u noise averages over 25,600 pixels
+    assert result["elbo_bits_per_dim"] == pytest.approx(-float(by_hand) / (64 * math.log(2)), abs=1e-3)
+    assert "256 levels" in result["settings"]["dequantized"]
+
+
+def test_bernoulli_on_grey_levels_is_flagged_not_normalised():
+    from vaelab.metrics.likelihood import likelihood_metrics
+
+    model = _FixedDensity(sigma=None)
+    model.config.likelihood = "bernoulli"
+    x = torch.rand(10, 1, 4, 4)
+    assert likelihood_metrics(model, x, k=0, progress=False)["normalised"] is False
+    assert "normalised" not in likelihood_metrics(model, x.round(), k=0, binarized=True, progress=False)

@@ -391,3 +391,29 @@ def test_grids_of_a_test_split_that_is_not_a_multiple_of_eight(tmp_path):
     with Image.open(tmp_path / "r" / "samples" / "epoch-0001-reconstructions.png") as grid:
         size = grid.size
     assert size == (8 * 17 + 1, 4 * 17 + 1)  # 11 originals and reconstructions: two pairs of rows of 8
+
+
+def test_the_best_epoch_score_compares_with_every_class_and_draws_its_labels():
+    """mnist5k's splits are sorted by class: the reference images of the best-epoch score are spread over the split
+    (50 per class of 500), not its first 500 (400 zeros, 100 ones), and a conditional model draws their labels."""
+    from vaelab.config import load_config
+    from vaelab.data import load_data, spaced_indices
+    from vaelab.metrics.quality import SampleQuality
+
+    assert spaced_indices(10, 4).tolist() == [0, 2, 5, 7] and spaced_indices(3, 8).tolist() == [0, 1, 2]
+    cfg = load_config("cvae-mnist")
+    data = load_data(cfg.data)
+    quality = SampleQuality(data, cfg.data, n=500)
+    assert quality.labels.bincount(minlength=10).tolist() == [50] * 10
+
+    class Recorder(torch.nn.Module):
+        is_conditional = True
+        device = torch.device("cpu")
+
+        def sample(self, n, y=None, generator=None):
+            self.drawn = y
+            return torch.rand(n, 1, 28, 28, generator=generator)
+
+    model = Recorder()
+    quality.score(model)
+    assert torch.equal(model.drawn, quality.labels)

@@ -58,9 +58,13 @@ def user_errors(fn):
         warnings.simplefilter("default")
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except VaelabError as exc:
             _fail(str(exc))
+        from .processes import leave_process_group
+
+        leave_process_group()  # under torchrun: every process finishes together
+        return result
 
     return wrapper
 
@@ -147,7 +151,9 @@ def train(
         target = _decided_by_rank_zero(cfg.train.device, new_run_folder)
         resuming = False
     _say(f"training {cfg.model.name} ({cfg.name}) on {cfg.data.name} -> {target}")
-    summary = run_training(cfg, target, resume=resuming, progress=progress)
+    # a preset's batch size is a default, shrunk to fit a small folder; one the user gave is kept (or an error)
+    chosen = config is not None or resume is not None or any(s.startswith("train.batch_size=") for s in cli_sets)
+    summary = run_training(cfg, target, resume=resuming, progress=progress, adapt_batch_size=not chosen)
     if summary.get("interrupted"):
         _say(f"interrupted at step {summary['step']}; checkpoint saved. Continue with: vaelab train --resume {target}")
         raise typer.Exit(130)
@@ -173,11 +179,12 @@ def _train_sweep(sweep: str, preset, config, cli_sets: list[str], progress: bool
         _fail(f"--sweep {sweep}: no values after '='")
     base = read_config_file(config) if config else read_preset(preset or "vae-mnist")
     configs = [build_config(apply_overrides(base, [*cli_sets, f"{key}={v}"])) for v in values]  # check all first
+    chosen = config is not None or key == "train.batch_size" or any(s.startswith("train.batch_size=") for s in cli_sets)
     folders = []
     for value, cfg in zip(values, configs):
         target = _unique_run_dir(Path("runs") / f"{cfg.name}-{key.split('.')[-1]}-{value}")
         typer.echo(f"sweep {key}={value}: training {cfg.model.name} -> {target}")
-        summary = run_training(cfg, target, progress=progress)
+        summary = run_training(cfg, target, progress=progress, adapt_batch_size=not chosen)
         if summary.get("interrupted"):
             typer.echo(f"interrupted; continue with: vaelab train --resume {target}")
             raise typer.Exit(130)
@@ -282,7 +289,7 @@ def reconstruct(
     from torchvision.utils import save_image
 
     from . import load
-    from .data import first_images, load_data, read_image_files
+    from .data import load_data, read_image_files, spaced_images, spaced_indices
 
     model = load(run, device=device)
     if not model.has_encoder:
@@ -294,8 +301,9 @@ def reconstruct(
             _fail("a conditional model needs labels to reconstruct; use the run's own test split (drop --images)")
     else:
         split = load_data(model.run_config.data).test
-        x = first_images(split, num)
-        y = None if not model.is_conditional else split.labels[: len(x)].to(device)
+        idx = spaced_indices(len(split), num)  # spread over the split, whose order may follow the classes
+        x = spaced_images(split, num)
+        y = None if not model.is_conditional else split.labels[idx].to(device)
     recon = model.reconstruct(x.to(device), y).float().cpu()
     per_row = min(len(x), 8)
     rows = []

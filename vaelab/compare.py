@@ -22,14 +22,55 @@ def _load_eval(run: Path) -> dict:
 
 
 def _settings_of(result: dict) -> dict:
-    """The measurement settings two numbers must share to be compared."""
-    lik = result.get("likelihood", {}).get("settings", {})
-    spaces = result.get("sample_metrics", {}).get("features", {})
-    return {
-        "split": result.get("split"), "samples": result.get("samples"), "real_images": result.get("real_images"),
-        "importance_samples": lik.get("importance_samples"), "binarized": lik.get("binarized"),
-        "feature_spaces": sorted(spaces),
+    """Every measurement setting that can change a number, flattened: name -> value."""
+    lik = result.get("likelihood", {})
+    s = lik.get("settings", {})
+    samples = result.get("sample_metrics", {})
+    settings = {
+        "split": result.get("split"), "real_images": result.get("real_images"), "samples": result.get("samples"),
+        "image_size": s.get("dimensions"), "likelihood": s.get("likelihood"),
+        # binarized data are drawn with the evaluation's seed: the same images only with the same seed
+        "binarized": f"seed {s.get('seed')}" if s.get("binarized") else False,
+        "dequantized": s.get("dequantized"), "conditioning": "log p(x|y)" if result.get("conditional") else "log p(x)",
+        "importance_samples": s.get("importance_samples"),
+        "pixel_kernel": samples.get("mmd_pixels", {}).get("bandwidth"),
     }
+    for name, space in samples.get("features", {}).items():
+        tag = "clf" if name.startswith("classifier") else name
+        settings[f"space_{tag}"] = json.dumps(space.get("settings", {}), sort_keys=True)
+    return settings
+
+
+# Which settings each metric depends on (two runs' numbers compare only where these agree). The likelihood numbers
+# also need a normalised likelihood (Bernoulli on grey levels is not one; --binarized makes it one).
+LIKELIHOOD_SETTINGS = ("split", "real_images", "image_size", "likelihood", "binarized", "dequantized", "conditioning")
+
+
+def settings_for(metric: str) -> tuple[str, ...]:
+    if metric in ("elbo_nats", "elbo_bits_per_dim"):
+        return LIKELIHOOD_SETTINGS
+    if metric.startswith("iwae"):
+        return (*LIKELIHOOD_SETTINGS, "importance_samples")
+    if metric in ("reconstruction_mse_per_pixel", "kl_nats"):
+        return ("split", "real_images", "image_size")
+    if metric == "mmd_pixels":
+        return ("split", "real_images", "samples", "pixel_kernel")
+    if metric in ("ms_ssim_samples", "sharpness"):
+        return ("samples", "image_size")
+    for tag_key in ("fid_", "kid_", "is_", "precision_", "recall_", "classes_", "label_accuracy_"):
+        if metric.startswith(tag_key):
+            return ("split", "real_images", "samples", f"space_{metric[len(tag_key):]}")
+    return ("split", "real_images", "samples")
+
+
+def not_comparable(metric: str, results: list[dict], settings: list[dict]) -> str | None:
+    """Why ``metric`` cannot be ranked across these runs, or None when it can."""
+    if metric.startswith(("elbo", "iwae")) and any(r.get("likelihood", {}).get("normalised") is False for r in results):
+        return "a Bernoulli likelihood on grey-level pixels is not normalised (evaluate with --binarized to rank)"
+    differing = [k for k in settings_for(metric) if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1]
+    if differing:
+        return "measured with different " + ", ".join(differing)
+    return None
 
 
 def _best(values: list, higher: bool | None) -> set[int]:
@@ -61,9 +102,9 @@ def compare(runs: list[str | Path], out: str | Path) -> Path:
         for name, row in zip(names, rows):
             writer.writerow([name, *[row.get(m, "") for m in metrics]])
 
-    best = {m: _best([row.get(m) for row in rows], better(m)) for m in metrics}
     settings = [_settings_of(res) for res in results]
-    mismatched = sorted({k for s in settings for k in s if any(t.get(k) != s.get(k) for t in settings)})
+    unranked = {m: why for m in metrics if (why := not_comparable(m, results, settings))}
+    best = {m: set() if m in unranked else _best([row.get(m) for row in rows], better(m)) for m in metrics}
 
     for name, run in zip(names, runs):
         for src, suffix in ((run / "eval" / "samples.png", "samples"), (run / "curves.png", "curves")):
@@ -73,19 +114,16 @@ def compare(runs: list[str | Path], out: str | Path) -> Path:
 
     md = ["# Comparison", "", f"{len(runs)} runs: " + ", ".join(f"`{r}`" for r in runs), "",
           "Best value per metric in **bold** (lower is better for FID, KID, MMD, MS-SSIM, MSE and bits/dim).", ""]
-    if mismatched:
-        md += [f"**Warning:** the runs were measured with different settings ({', '.join(mismatched)}); "
-               "numbers in those columns are not comparable.", ""]
-    md += ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    md += ["| metric | " + " | ".join(names) + " | not ranked because |", "|---|" + "---|" * (len(names) + 1)]
     for m in metrics:
         cells = [(f"**{_fmt(row[m])}**" if i in best[m] else _fmt(row[m])) if m in row else "" for i, row in enumerate(rows)]
-        md.append(f"| {m} | " + " | ".join(cells) + " |")
+        md.append(f"| {m} | " + " | ".join(cells) + f" | {unranked.get(m, '')} |")
     md += ["", "![metrics](metrics.png)", "", "## Samples", ""]
     md += [f"**{n}**\n\n![{n}](grids/{n}-samples.png)\n" for n in names if (out / "grids" / f"{n}-samples.png").is_file()]
     md += ["## Training curves", ""]
     md += [f"**{n}**\n\n![{n}](grids/{n}-curves.png)\n" for n in names if (out / "grids" / f"{n}-curves.png").is_file()]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    atomic_write_text(out / "report.html", _html(names, rows, metrics, best, mismatched, out))
+    atomic_write_text(out / "report.html", _html(names, rows, metrics, best, unranked, out))
     return out
 
 
@@ -121,7 +159,7 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
 
 
-def _html(names, rows, metrics, best, mismatched, out: Path) -> str:
+def _html(names, rows, metrics, best, unranked, out: Path) -> str:
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
     body = []
     for m in metrics:
@@ -129,16 +167,15 @@ def _html(names, rows, metrics, best, mismatched, out: Path) -> str:
         for i, row in enumerate(rows):
             text = html.escape(_fmt(row[m])) if m in row else ""
             cells.append(f"<td><b>{text}</b></td>" if i in best[m] else f"<td>{text}</td>")
-        body.append(f"<tr><th>{html.escape(m)}</th>{''.join(cells)}</tr>")
-    warn = (f"<p class=warn>Measured with different settings ({html.escape(', '.join(mismatched))}): "
-            "those columns are not comparable.</p>") if mismatched else ""
+        why = html.escape(unranked.get(m, ""))
+        body.append(f"<tr><th>{html.escape(m)}</th>{''.join(cells)}<td class=warn>{why}</td></tr>")
     grids = "".join(f"<figure>{_img(out / 'grids' / f'{n}-samples.png')}<figcaption>{html.escape(n)}</figcaption></figure>" for n in names)
     curves = "".join(f"<figure>{_img(out / 'grids' / f'{n}-curves.png')}<figcaption>{html.escape(n)}</figcaption></figure>" for n in names)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>vaelab comparison</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 figure{{display:inline-block;margin:0.5em}}img{{image-rendering:pixelated;max-width:480px}}.warn{{color:#a40}}</style></head><body>
-<h1>Comparison</h1><p>Best value per metric in bold.</p>{warn}
-<table><tr><th>metric</th>{head}</tr>{''.join(body)}</table>
+<h1>Comparison</h1><p>Best value per metric in bold, where the runs were measured alike.</p>
+<table><tr><th>metric</th>{head}<th>not ranked because</th></tr>{''.join(body)}</table>
 <h2>Metrics</h2>{_img(out / 'metrics.png')}
 <h2>Samples</h2>{grids}<h2>Training curves</h2>{curves}</body></html>
 """

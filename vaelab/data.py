@@ -603,6 +603,23 @@ def read_image_files(root: str | Path, channels: int, size: int, limit: int | No
     return x, kept
 
 
+def spaced_indices(total: int, n: int) -> torch.Tensor:
+    """``min(n, total)`` indices spread evenly over ``range(total)``, int64."""
+    n = min(n, total)
+    return (torch.arange(n, dtype=torch.float64) * total / max(n, 1)).long()
+
+
+def spaced_images(data: ImageSet, n: int) -> torch.Tensor:
+    """``n`` images spread evenly over a split, float32 (n, C, H, W) in [0, 1].
+
+    A split's order can follow its classes (mnist5k: 500 per class, sorted), so its first images are not a sample of
+    it: the first 500 training images of mnist5k are 400 zeros and 100 ones."""
+    idx = spaced_indices(len(data), n)
+    if data.images is not None:
+        return data.images[idx].float() / 255.0
+    return torch.stack([data.stream[int(i)][0] for i in idx]).float() / 255.0
+
+
 def first_images(data: ImageSet, n: int) -> torch.Tensor:
     """The first ``n`` images of a split as float32 (n, C, H, W) in [0, 1]."""
     n = min(n, len(data))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -99,6 +100,37 @@ def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10, 
     }
 
 
+# Precision/recall's k-NN balls (k = 3) need k + 1 points in each set; FID, KID, MMD and MS-SSIM need 2
+MIN_SET_SIZE = 4
+
+
+def _set_metrics(x_real: torch.Tensor, fake: torch.Tensor, n: int, seed: int) -> dict:
+    """MMD on pixels and MS-SSIM diversity of the samples and of the real images; x_real, fake (N, C, H, W)."""
+    return {"mmd_pixels": sm.mmd(x_real.flatten(1), fake.flatten(1)),
+            "ms_ssim_samples": sm.ms_ssim_diversity(fake, pairs=min(1000, n * 2), seed=seed),
+            "ms_ssim_real": sm.ms_ssim_diversity(x_real, pairs=min(1000, n * 2), seed=seed)}
+
+
+def _feature_metrics(embedded: dict, fake_labels, seed: int) -> dict:
+    """Per feature space: FID, KID, precision/recall, MMD, and from logits IS, classes and label accuracy."""
+    spaces = {}
+    for extractor, ((f_real, logits_real), (f_fake, logits)) in embedded.items():
+        space = {"settings": dict(extractor.settings)}
+        space["fid"] = sm.fid(f_real, f_fake)
+        space.update(sm.kid(f_real, f_fake, seed=seed))
+        space.update(sm.precision_recall(f_real, f_fake, k=3))
+        space["mmd"] = sm.mmd(f_real, f_fake)
+        if logits is not None:
+            space.update(sm.inception_score(logits, seed=seed))
+            if isinstance(extractor, feats.ClassifierExtractor):
+                space["class_coverage"] = sm.class_coverage(logits, logits.shape[1])
+                if fake_labels is not None:
+                    space["conditional_accuracy"] = float((logits.argmax(1) == fake_labels).double().mean())
+                space["real_is"] = sm.inception_score(logits_real, seed=seed)["is"]
+        spaces[extractor.name] = space
+    return spaces
+
+
 def evaluate(run: str | Path, split: str = "test", num_samples: int | None = None, features: list[str] = ("auto",),
              k: int = 1000, binarized: bool = False, inception_weights: str | None = None, download: bool = False,
              utility: bool = True, utility_epochs: int = 10, seed: int = 0, device: str = "cpu",
@@ -125,6 +157,7 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     y_real = part.labels
     n = num_samples or len(x_real)
     result: dict = {"run": str(run), "weights": model.weights_file, "model": model.registry_name,
+                    "conditional": model.is_conditional,
                     "data": data.description, "split": split,
                     "real_images": len(x_real), "samples": n, "seed": seed}
 
@@ -142,28 +175,16 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     if not main:
         return None
 
-    samples: dict = {}
-    samples["mmd_pixels"] = sm.mmd(x_real.flatten(1), fake.flatten(1))
-    samples["ms_ssim_samples"] = sm.ms_ssim_diversity(fake, pairs=min(1000, n * 2), seed=seed)
-    samples["ms_ssim_real"] = sm.ms_ssim_diversity(x_real, pairs=min(1000, n * 2), seed=seed)
-    samples["sharpness_samples"] = sm.sharpness(fake)
-    samples["sharpness_real"] = sm.sharpness(x_real)
-    spaces = {}
-    for extractor, ((f_real, logits_real), (f_fake, logits)) in embedded.items():
-        space = {"settings": dict(extractor.settings)}
-        space["fid"] = sm.fid(f_real, f_fake)
-        space.update(sm.kid(f_real, f_fake, seed=seed))
-        space.update(sm.precision_recall(f_real, f_fake, k=3))
-        space["mmd"] = sm.mmd(f_real, f_fake)
-        if logits is not None:
-            space.update(sm.inception_score(logits, seed=seed))
-            if isinstance(extractor, feats.ClassifierExtractor):
-                space["class_coverage"] = sm.class_coverage(logits, logits.shape[1])
-                if fake_labels is not None:
-                    space["conditional_accuracy"] = float((logits.argmax(1) == fake_labels).double().mean())
-                space["real_is"] = sm.inception_score(logits_real, seed=seed)["is"]
-        spaces[extractor.name] = space
-    samples["features"] = spaces
+    samples: dict = {"sharpness_samples": sm.sharpness(fake), "sharpness_real": sm.sharpness(x_real)}
+    if min(len(x_real), n) < MIN_SET_SIZE:
+        samples["skipped"] = (f"the set-level metrics (FID, KID, IS, MMD, MS-SSIM, precision/recall, classes) need at "
+                              f"least {MIN_SET_SIZE} real images and {MIN_SET_SIZE} samples; the {split} split has "
+                              f"{len(x_real)} and {n} samples were drawn")
+        warnings.warn(samples["skipped"] + ": left out (evaluate a larger folder, or --split train)")
+        embedded = {}
+    else:
+        samples.update(_set_metrics(x_real, fake, n, seed))
+    samples["features"] = _feature_metrics(embedded, fake_labels, seed)
     result["sample_metrics"] = samples
 
     if generated is not None:
@@ -188,9 +209,10 @@ def headline(result: dict) -> dict[str, float]:
         if key in lik:
             row[key] = lik[key]
     s = result.get("sample_metrics", {})
-    if s:
+    if "mmd_pixels" in s:
         row["mmd_pixels"] = s["mmd_pixels"]["mmd2"]
         row["ms_ssim_samples"] = s["ms_ssim_samples"]["ms_ssim"]
+    if "sharpness_samples" in s:
         row["sharpness"] = s["sharpness_samples"]
     for name, space in s.get("features", {}).items():
         tag = "clf" if name.startswith("classifier") else name
@@ -246,13 +268,17 @@ def report_markdown(result: dict) -> str:
         lines += [f"| {k} | {_fmt(v)} |" for k, v in lik.items() if k not in ("settings",)]
         lines.append("")
     s = result["sample_metrics"]
-    lines += ["## Samples", "", "| metric | samples | real |", "|---|---|---|",
-              f"| MMD² on pixels (Gaussian kernel, bandwidth {s['mmd_pixels']['bandwidth']:.3g}, median heuristic) | "
-              f"{_fmt(s['mmd_pixels']['mmd2'])} | |",
-              f"| MS-SSIM of random pairs ({s['ms_ssim_samples']['ms_ssim_scales']} scales, window "
-              f"{s['ms_ssim_samples']['ms_ssim_window']}, {s['ms_ssim_samples']['ms_ssim_pairs']} pairs; lower = more diverse) | "
-              f"{_fmt(s['ms_ssim_samples']['ms_ssim'])} | {_fmt(s['ms_ssim_real']['ms_ssim'])} |",
-              f"| sharpness (variance of the Laplacian) | {_fmt(s['sharpness_samples'])} | {_fmt(s['sharpness_real'])} |", ""]
+    lines += ["## Samples", ""]
+    if "skipped" in s:
+        lines += [f"Left out: {s['skipped']}.", ""]
+    lines += ["| metric | samples | real |", "|---|---|---|"]
+    if "mmd_pixels" in s:
+        lines += [f"| MMD² on pixels (Gaussian kernel, bandwidth {s['mmd_pixels']['bandwidth']:.3g}, median heuristic) | "
+                  f"{_fmt(s['mmd_pixels']['mmd2'])} | |",
+                  f"| MS-SSIM of random pairs ({s['ms_ssim_samples']['ms_ssim_scales']} scales, window "
+                  f"{s['ms_ssim_samples']['ms_ssim_window']}, {s['ms_ssim_samples']['ms_ssim_pairs']} pairs; lower = more diverse) | "
+                  f"{_fmt(s['ms_ssim_samples']['ms_ssim'])} | {_fmt(s['ms_ssim_real']['ms_ssim'])} |"]
+    lines += [f"| sharpness (variance of the Laplacian) | {_fmt(s['sharpness_samples'])} | {_fmt(s['sharpness_real'])} |", ""]
     for name, space in s["features"].items():
         lines += [f"### Feature space `{name}`", "", "Settings: " + ", ".join(f"{k} = {v}" for k, v in space["settings"].items()), "",
                   "| metric | value |", "|---|---|"]

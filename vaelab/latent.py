@@ -263,12 +263,15 @@ def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: Path, met
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if z.shape[1] == 2:
-        points, how = z.numpy(), "latent"
-    elif method == "tsne":
+    n, d = z.shape
+    if d <= 2 or n < 2:  # nothing to project (a 1-D latent is drawn on a line; one encoding as its first two dims)
+        points, how = torch.nn.functional.pad(z[:, :2], (0, max(0, 2 - d))).numpy(), "latent"
+    elif method == "tsne" and n > 2:
         from sklearn.manifold import TSNE
 
-        points, how = TSNE(2, random_state=seed, init="pca").fit_transform(z.numpy()), "t-SNE"
+        # sklearn needs perplexity < number of points; 30 is its default
+        points = TSNE(2, random_state=seed, init="pca", perplexity=min(30.0, n - 1.0)).fit_transform(z.numpy())
+        how = "t-SNE"
     else:
         from sklearn.decomposition import PCA
 

@@ -54,3 +54,14 @@ def chunk_seed(seed: int, chunk: int) -> int:
 def barrier() -> None:
     if rank_and_world()[1] > 1:
         torch.distributed.barrier()
+
+
+def leave_process_group() -> None:
+    """Wait for every process, then close the process group (a no-op outside one).
+
+    A process that exits while its gloo group is still open can abort in the group's destructor ("terminate
+    called without an active exception") while the others are still using it; commands call this on success.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

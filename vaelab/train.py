@@ -28,7 +28,7 @@ import torch
 from torchvision.utils import save_image
 
 from .config import Config
-from .data import DataSplits, epoch_batches, first_images, iterate_batches, load_data
+from .data import DataSplits, epoch_batches, iterate_batches, load_data, spaced_images, spaced_indices
 from .errors import ConfigError, TrainingDiverged
 from .models.base import GenerativeModel, build_model
 from .models.cpu_bf16_convs import use_cpu_bf16_convs
@@ -216,7 +216,10 @@ def fill_data_shape(cfg: Config, data: DataSplits) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out: str | Path, resume: bool = False, progress: bool = True):
+    def __init__(self, cfg: Config, out: str | Path, resume: bool = False, progress: bool = True,
+                 adapt_batch_size: bool = False):
+        """``adapt_batch_size``: train.batch_size is a default rather than the user's choice, so a training split
+        smaller than one batch shrinks it (with a warning) instead of stopping with an error."""
         self.cfg, self.progress = cfg, progress
         self.run = RunFolder(out)
         t = cfg.train
@@ -249,6 +252,13 @@ class Trainer:
         if self.data.train.images is not None:
             self.data.train.images = self.data.train.images.to(self.device)
         self.batches_per_epoch = len(epoch_batches(len(self.data.train), t.batch_size, t.seed, 0, world=self.world))
+        if self.batches_per_epoch == 0 and adapt_batch_size and len(self.data.train) >= self.world:
+            fitted = len(self.data.train) // self.world
+            warnings.warn(f"train.batch_size={t.batch_size} (the preset's) is larger than the training split "
+                          f"({len(self.data.train)} images over {self.world} process(es)); training with batches of "
+                          f"{fitted} (set train.batch_size to choose another)")
+            t.batch_size = fitted
+            self.batches_per_epoch = len(epoch_batches(len(self.data.train), t.batch_size, t.seed, 0, world=self.world))
         if self.batches_per_epoch == 0:
             raise ConfigError(
                 f"train.batch_size={t.batch_size} x {self.world} process(es) is larger than the training split "
@@ -402,8 +412,9 @@ class Trainer:
         samples = self.model.sample(n, y=y, generator=torch.Generator().manual_seed(self.cfg.train.seed))
         save_image(samples.float().cpu(), self.run.samples_dir / f"{tag}-samples.png", nrow=nrow, padding=1)
         if self.model.has_encoder:
-            x = first_images(self.data.test, 32).to(self.device)
-            labels = None if self.data.test.labels is None else self.data.test.labels[: len(x)].to(self.device)
+            idx = spaced_indices(len(self.data.test), 32)  # spread over the split, whose order may follow the classes
+            x = spaced_images(self.data.test, 32).to(self.device)
+            labels = None if self.data.test.labels is None else self.data.test.labels[idx].to(self.device)
             with torch.inference_mode():
                 recon = self.model.reconstruct(x, labels if self.model.is_conditional else None)
             per_row = min(8, len(x))  # originals above their reconstructions, row by row
@@ -612,6 +623,8 @@ class Trainer:
         return summary
 
 
-def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train ``cfg`` into run folder ``out`` (continuing its newest checkpoint when ``resume``); returns the summary."""
-    return Trainer(cfg, out, resume=resume, progress=progress).fit()
+def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True,
+          adapt_batch_size: bool = False) -> dict:
+    """Train ``cfg`` into run folder ``out`` (continuing its newest checkpoint when ``resume``); returns the summary.
+    ``adapt_batch_size``: see ``Trainer``."""
+    return Trainer(cfg, out, resume=resume, progress=progress, adapt_batch_size=adapt_batch_size).fit()

@@ -67,6 +67,9 @@ class ACGANConfig(DCGANConfig):
     name: str = "acgan"
     num_classes: int | None = None  # filled in from the data's labels
     class_weight: float = 1.0
+    # the discriminator's class head also learns the classes of fakes (Odena et al. 2017: D maximises L_C on both);
+    # false: on real images only, so a fake of one class drawn like another is still called the other
+    classify_fakes: bool = True
 
 
 class Discriminator(nn.Module):
@@ -180,7 +183,9 @@ class ACGAN(DCGAN):
         s_fake, c_fake = self.discriminator.both(fake)
         source = F.binary_cross_entropy_with_logits(s_real.float(), torch.ones_like(s_real, dtype=torch.float32)) + \
             F.binary_cross_entropy_with_logits(s_fake.float(), torch.zeros_like(s_fake, dtype=torch.float32))  # -L_S
-        classes = F.cross_entropy(c_real.float(), y_real) + F.cross_entropy(c_fake.float(), y_fake)  # -L_C
+        classes = F.cross_entropy(c_real.float(), y_real)  # -L_C
+        if self.config.classify_fakes:
+            classes = classes + F.cross_entropy(c_fake.float(), y_fake)
         accuracy = (c_real.argmax(1) == y_real).float().mean()
         return {"d_loss": source + self.config.class_weight * classes, "d_source": source, "d_class": classes,
                 "real_class_accuracy": accuracy}
