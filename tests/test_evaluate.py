@@ -93,6 +93,15 @@ def test_compare_report(runs, tmp_path):
     out = compare([root / "vae", root / "gan"], tmp_path / "cmp")
     md = (out / "report.md").read_text()
     assert "| fid_pixels |" in md and "**" in md
+    # the verdict names the run with the lower FID, the higher recall
+    with open(out / "metrics.csv") as fh:
+        table = {row["run"]: row for row in csv.DictReader(fh)}
+    lower_fid = min(table, key=lambda n: float(table[n]["fid_pixels"]))
+    higher_recall = max(table, key=lambda n: float(table[n]["recall_pixels"]))
+    verdict = md.split("## Verdict")[1].split("## All metrics")[0]
+    assert f"| fidelity (sharp, on-manifold samples) | fid_pixels | {lower_fid} (" in verdict
+    assert f"| diversity and coverage (no mode collapse) | recall_pixels | {higher_recall} (" in verdict
+    assert (out / "precision_recall.png").is_file() and (out / "quality_vs_time.png").is_file()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 3 and "<b>" in html
     with open(out / "metrics.csv") as fh:
@@ -139,3 +148,30 @@ def test_compare_ranks_only_numbers_measured_alike(runs, tmp_path):
     md = (compare([a, b], tmp_path / "c2") / "report.md").read_text()
     assert "**" in row("elbo_nats") and row("elbo_nats").endswith("|  |")
     assert "importance_samples" in row("iwae_nats") and "**" not in row("iwae_nats")
+
+
+def test_verdict_scores_seed_groups_and_calls_ties_within_seed_noise(tmp_path):
+    """Runs of one config differing only in seed are one entry of the verdict (mean ± std); a group whose mean is
+    within the seed spread of the best ties with it, one outside does not."""
+    import yaml
+
+    def fake_run(name, preset, seed, fid, recall):
+        run = tmp_path / name
+        (run / "eval").mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"name": preset, "model": {"name": "vae"},
+                                                         "train": {"seed": seed, "epochs": 3}}))
+        space = {"settings": {"extractor": "pixels"}, "fid": fid, "precision": 0.5, "recall": recall}
+        (run / "eval" / "metrics.json").write_text(json.dumps(
+            {"split": "test", "real_images": 100, "samples": 100, "sample_metrics": {"features": {"pixels": space}}}))
+        return run
+
+    runs = [fake_run("a0", "a", 0, 10.0, 0.5), fake_run("a1", "a", 1, 14.0, 0.5),  # FID 12 ± 2.8
+            fake_run("b0", "b", 0, 13.0, 0.9), fake_run("b1", "b", 1, 15.0, 0.8),  # FID 14 ± 1.4: a tie with a
+            fake_run("c0", "c", 0, 30.0, 0.1), fake_run("c1", "c", 1, 31.0, 0.1)]  # FID 30.5: worse
+    md = (compare(runs, tmp_path / "cmp") / "report.md").read_text()
+    verdict = md.split("## Verdict")[1].split("## All metrics")[0]
+    fid_line = next(line for line in verdict.splitlines() if "| fid_pixels |" in line)
+    assert "a0 and 1 more seed(s): 12 ± 2.828" in fid_line and "b0 and 1 more seed(s): 14 ± 1.414" in fid_line
+    assert "tie within seed noise" in fid_line and "c0" not in fid_line
+    recall_line = next(line for line in verdict.splitlines() if "| recall_pixels |" in line)
+    assert "b0" in recall_line and "a0" not in recall_line and "tie" not in recall_line

@@ -223,3 +223,47 @@ def test_bernoulli_on_grey_levels_is_flagged_not_normalised():
     x = torch.rand(10, 1, 4, 4)
     assert likelihood_metrics(model, x, k=0, progress=False)["normalised"] is False
     assert "normalised" not in likelihood_metrics(model, x.round(), k=0, binarized=True, progress=False)
+
+
+def test_log_p_x_of_a_conditional_model_is_the_log_mean_exp_of_its_class_conditionals():
+    """A conditional 'model' whose log p(x|y) is known per class: log p(x) = log (1/K) sum_y p(x|y), and the
+    conditional numbers (with the true label) are reported beside it."""
+    from vaelab.metrics.likelihood import likelihood_metrics
+
+    class ClassDensity(_FixedDensity):
+        is_conditional = True
+
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"likelihood": "bernoulli", "num_classes": 3})()
+
+        def _log_density(self, x, y):
+            return -(x.flatten(1).sum(1).double() + 2.0 * y.double())  # class c costs 2c nats more
+
+        def elbo(self, x, y=None):
+            logp = self._log_density(x, y) - 1.0  # the ELBO is 1 nat below the IWAE here
+            return {"elbo": logp, "nll": -logp, "kl": torch.zeros_like(logp)}
+
+        def log_likelihood(self, x, k, y=None):
+            return self._log_density(x, y)
+
+    x = torch.randint(0, 2, (30, 1, 4, 4)).float()
+    y = torch.arange(30) % 3
+    result = likelihood_metrics(ClassDensity(), x, y, k=5, binarized=True, progress=False)
+    base = -x.flatten(1).sum(1).double()
+    marginal = (torch.stack([base - 2.0 * c for c in range(3)], 1).logsumexp(1) - math.log(3)).mean()
+    assert result["iwae_nats"] == pytest.approx(float(marginal), abs=1e-9)
+    assert result["elbo_nats"] == pytest.approx(float(marginal) - 1.0, abs=1e-9)
+    assert result["conditional_iwae_nats"] == pytest.approx(float((base - 2.0 * y).mean()), abs=1e-9)
+    assert result["settings"]["conditioning"].startswith("log p(x) = log sum_y")
+
+
+def test_precision_recall_on_points_whose_knn_radii_are_known():
+    """1-D points: real 0, 1, 2, 3, 10 have 1-NN radii 1, 1, 1, 1, 7 and 2-NN radii 2, 1, 1, 2, 8 (the point itself
+    excluded); fakes 0.5, 5, 16, 17.5 have 1-NN radii 4.5, 4.5, 1.5, 1.5. A radius off by one neighbour fails."""
+    real = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0]])
+    fake = torch.tensor([[0.5], [5.0], [16.0], [17.5]])
+    one = sm.precision_recall(real, fake, k=1)
+    assert one["precision"] == pytest.approx(3 / 4)  # 17.5 is 7.5 from 10, outside its radius 7
+    assert one["recall"] == pytest.approx(4 / 5)  # 10 is 5 from the fake 5 (radius 4.5), 6 from 16 (radius 1.5)
+    assert sm.precision_recall(real, fake, k=2)["precision"] == pytest.approx(1.0)  # 17.5 within 10's radius 8

@@ -27,6 +27,20 @@ def dequantize(x: torch.Tensor, seed: int) -> torch.Tensor:
     return ((x * (LEVELS - 1)).round() + u) / LEVELS
 
 
+def marginal_over_classes(model, x: torch.Tensor, k: int, classes: int) -> dict[str, float]:
+    """Sums over the batch x (B, C, H, W) of log p(x) = log (1/K) sum_y p(x|y) for a conditional model, bounded by
+    its ELBO (``elbo_marginal``) and, with k > 0, its IWAE estimate (``iwae_marginal``) under every class y.
+    Each is a lower bound of log p(x) because each per-class term bounds log p(x|y)."""
+    out = {}
+    labels = [torch.full((len(x),), c, dtype=torch.long, device=x.device) for c in range(classes)]
+    per_class = torch.stack([model.elbo(x, y)["elbo"].double() for y in labels], 1)
+    out["elbo_marginal"] = float((per_class.logsumexp(1) - math.log(classes)).sum())
+    if k > 0:
+        per_class = torch.stack([model.log_likelihood(x, k, y).double() for y in labels], 1)
+        out["iwae_marginal"] = float((per_class.logsumexp(1) - math.log(classes)).sum())
+    return out
+
+
 @torch.no_grad()
 def likelihood_metrics(model, x: torch.Tensor, y: torch.Tensor | None = None, k: int = 1000, batch_size: int = 100,
                        binarized: bool = False, seed: int = 0, progress: bool = True) -> dict:
@@ -50,6 +64,7 @@ def likelihood_metrics(model, x: torch.Tensor, y: torch.Tensor | None = None, k:
     elif continuous:
         x = dequantize(x, seed)
     cond = y if model.is_conditional else None
+    classes = getattr(model.config, "num_classes", None) or 0
     start = time.perf_counter()
     count = math.ceil(len(x) / batch_size)
     bar = tqdm(total=count, desc=f"likelihood (K={k})", disable=not (progress and is_main_process()), unit="batch")
@@ -63,30 +78,42 @@ def likelihood_metrics(model, x: torch.Tensor, y: torch.Tensor | None = None, k:
         sums["mse"] = float((model.reconstruct(xb, yb).float() - xb).pow(2).flatten(1).mean(1).sum())
         if model.has_likelihood and k > 0:
             sums["iwae"] = float(model.log_likelihood(xb, k, yb).sum())
+        if yb is not None and model.has_likelihood:  # log p(x) = log sum_y p(y) p(x|y), p(y) uniform
+            sums.update(marginal_over_classes(model, xb, k, classes))
         bar.update(1)
         return sums
 
     with torch.random.fork_rng(devices=[]):
         per_batch = map_chunks(batch_sums, count)  # on several processes: each its share, gathered
     bar.close()
-    totals = {key: sum(b.get(key, 0.0) for b in per_batch) for key in ("elbo", "nll", "kl", "mse", "iwae")}
+    totals = {key: sum(b.get(key, 0.0) for b in per_batch)
+              for key in ("elbo", "nll", "kl", "mse", "iwae", "elbo_marginal", "iwae_marginal")}
     n = len(x)
     mean = {key: value / n for key, value in totals.items()}
     if continuous:  # density on [0, 1]^D -> probability of the 8-bit image (see dequantize)
         bin_volume = dims * math.log(LEVELS)
-        mean["elbo"] -= bin_volume
-        mean["iwae"] -= bin_volume
+        for key in ("elbo", "iwae", "elbo_marginal", "iwae_marginal"):
+            mean[key] -= bin_volume
         mean["nll"] += bin_volume
+    conditional = cond is not None and model.has_likelihood
     per_bpd = lambda nats: -nats / (dims * math.log(2))
     result = {
         "settings": {"images": n, "importance_samples": k, "binarized": binarized, "seed": seed,
                      "likelihood": family, "dimensions": dims,
-                     "dequantized": "uniform, 256 levels (log 256 per dimension included)" if continuous else "no"},
+                     "dequantized": "uniform, 256 levels (log 256 per dimension included)" if continuous else "no",
+                     "conditioning": (f"log p(x) = log sum_y p(y) p(x|y), p(y) uniform over {classes} classes; "
+                                      "conditional_*: log p(x|y) with the true label") if conditional else "log p(x)"},
         "reconstruction_mse_per_pixel": mean["mse"],
         "kl_nats": mean["kl"],
         "seconds": time.perf_counter() - start,
     }
     if model.has_likelihood:
+        if conditional:  # the headline numbers are log p(x), comparable with unconditional models
+            result["conditional_elbo_nats"] = mean["elbo"]
+            mean["elbo"] = mean["elbo_marginal"]
+            if k > 0:
+                result["conditional_iwae_nats"] = mean["iwae"]
+                mean["iwae"] = mean["iwae_marginal"]
         result.update({
             "elbo_nats": mean["elbo"], "elbo_bits_per_dim": per_bpd(mean["elbo"]),
             "reconstruction_nll_nats": mean["nll"],

@@ -54,7 +54,8 @@ class VAEConfig:
         if self.lr <= 0:
             raise ConfigError(f"model.lr must be positive, got {self.lr}")
         if self.arch == "wss18" and (self.image_size, self.channels) not in ((None, None), (28, 1)):
-            raise ConfigError("model.arch=wss18 is the 28x28 grayscale MNIST model; use arch=dcgan for other images")
+            raise ConfigError("model.arch=wss18 is the MNIST model of its paper and takes only 28x28 grayscale images "
+                              "(data.image_size=28, data.channels=1); use --set model.arch=dcgan for other images")
 
 
 class WSS18Encoder(nn.Module):
