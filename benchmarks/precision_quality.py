@@ -28,8 +28,8 @@ def run(preset: str, precision: str, seed: int, sets: list[str], root: Path) -> 
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((out / "summary.json").read_text())
     row = {"images_per_s": summary["images_per_s"]}
-    if "test_elbo" in summary:
-        row["test ELBO"] = summary["test_elbo"]
+    if "elbo_nats" in summary.get("likelihood", {}):
+        row["test ELBO"] = summary["likelihood"]["elbo_nats"]
     else:
         subprocess.run([sys.executable, "-m", "vaelab", "evaluate", str(out), "--k", "0", "--no-utility"],
                        check=True, stdout=subprocess.DEVNULL, cwd=root)

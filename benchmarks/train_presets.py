@@ -40,8 +40,9 @@ def main() -> None:
         summary = json.loads((out / "summary.json").read_text())
         grids = sorted((out / "samples").glob("*-samples.png"))
         shutil.copy(grids[-1], HERE / "grids" / f"{preset}.png")
-        final = summary.get("test_elbo", summary.get("test_loss"))
-        kind = "test ELBO" if "test_elbo" in summary else ("test loss" if "test_loss" in summary else "")
+        lik = summary.get("likelihood", {})
+        final = lik.get("elbo_nats", lik.get("reconstruction_loss"))
+        kind = "test ELBO" if "elbo_nats" in lik else ("test reconstruction loss" if lik else "")
         final_text = f"{kind} {final:.2f}" if final is not None else "n/a (no encoder)"
         rows.append(f"| {preset} | {summary['epochs_done']} | {wall:.0f} | {summary['train_seconds']:.0f} | "
                     f"{summary['images_per_s']:.0f} | {final_text} | grids/{preset}.png |")

@@ -54,7 +54,7 @@ def test_resume_gives_the_same_weights(tmp_path):
     # and the per-epoch test ELBO logged by the resumed run matches the straight run's
     ends = [r for r in RunFolder(straight).read_metrics() if r["event"] == "epoch"]
     ends_split = [r for r in RunFolder(split).read_metrics() if r["event"] == "epoch"]
-    assert ends[-1]["test_elbo"] == pytest.approx(ends_split[-1]["test_elbo"], rel=1e-6)
+    assert ends[-1]["monitor_elbo"] == pytest.approx(ends_split[-1]["monitor_elbo"], rel=1e-6)
 
 
 def test_checkpoints_are_pruned_and_round_trip(tmp_path):
@@ -112,7 +112,7 @@ def test_time_budget_and_durations(tmp_path):
 
 def test_bf16_trains_on_cpu(tmp_path):
     summary = train(tiny_config(**{"train.epochs": 1, "train.precision": "bf16"}), tmp_path / "r", progress=False)
-    assert math.isfinite(summary["test_elbo"])
+    assert math.isfinite(summary["likelihood"]["elbo_nats"])
 
 
 def _cli(*args):
@@ -130,7 +130,7 @@ def test_end_to_end_train_sample_reconstruct(tmp_path):
     steps = [r for r in rows if r["event"] == "step"]
     assert steps[-1]["loss"] < 0.7 * steps[0]["loss"], (steps[0], steps[-1])
     epochs = [r for r in rows if r["event"] == "epoch"]
-    assert epochs[-1]["test_elbo"] > epochs[0]["test_elbo"]
+    assert epochs[-1]["monitor_elbo"] > epochs[0]["monitor_elbo"]
     for name in ("config.yaml", "model.safetensors", "summary.json", "samples/epoch-0003-samples.png",
                  "samples/epoch-0003-reconstructions.png"):
         assert (run / name).is_file(), name
@@ -333,7 +333,7 @@ def test_channels_last_trains_the_same_model_and_saves_plain_weights(tmp_path):
         assert all(o.param_groups[0]["fused"] for o in trainer.optimizers.values())
         runs[layout] = trainer.fit()
         weights(tmp_path / layout)  # safetensors refuses strided tensors: saving must have made them plain
-    assert runs["true"]["test_elbo"] == pytest.approx(runs["false"]["test_elbo"], rel=1e-4)
+    assert runs["true"]["likelihood"]["elbo_nats"] == pytest.approx(runs["false"]["likelihood"]["elbo_nats"], rel=1e-4)
     for key, value in weights(tmp_path / "true").items():
         torch.testing.assert_close(value, weights(tmp_path / "false")[key], rtol=1e-3, atol=2e-4)  # 4 Adam steps of lr 1e-3 move weights ~4e-3
 
@@ -417,3 +417,19 @@ def test_the_best_epoch_score_compares_with_every_class_and_draws_its_labels():
     model = Recorder()
     quality.score(model)
     assert torch.equal(model.drawn, quality.labels)
+
+
+def test_summary_and_evaluate_give_the_same_likelihood_under_one_name(tmp_path):
+    """One quantity, one name, one definition: summary.json's likelihood is evaluate's (fp32, the same keys and
+    values for the same weights); the per-epoch training-precision number is the monitor_* of metrics.jsonl."""
+    from vaelab.evaluate import evaluate
+
+    run = tmp_path / "r"
+    summary = train(tiny_config(**{"train.epochs": 1, "train.precision": "bf16", "train.track_best": "false"}), run,
+                    progress=False)
+    evaluated = evaluate(run, num_samples=20, features=["pixels"], k=0, utility=False, progress=False, weights="last")
+    for key in ("elbo_nats", "elbo_bits_per_dim", "kl_nats", "reconstruction_nll_nats", "reconstruction_mse_per_pixel"):
+        assert summary["likelihood"][key] == pytest.approx(evaluated["likelihood"][key], rel=1e-6), key
+    assert json.loads((run / "summary.json").read_text())["likelihood"]["elbo_nats"] == summary["likelihood"]["elbo_nats"]
+    epoch_rows = [r for r in RunFolder(run).read_metrics() if r["event"] == "epoch"]
+    assert "monitor_elbo" in epoch_rows[-1] and "elbo_nats" not in epoch_rows[-1]

@@ -158,11 +158,13 @@ def train(
         _say(f"interrupted at step {summary['step']}; checkpoint saved. Continue with: vaelab train --resume {target}")
         raise typer.Exit(130)
     line = f"done: {summary['steps']} steps, {summary['images_per_s']:.0f} images/s, {summary['train_seconds']:.1f} s"
-    if "test_elbo" in summary:
-        line += (f"\ntest ELBO {summary['test_elbo']:.2f} nats/image ({summary['test_bits_per_dim']:.4f} bits/dim; "
-                 f"nll {summary['test_nll']:.2f}, KL {summary['test_kl']:.2f}) on {summary['test_images']} test images")
-    elif "test_loss" in summary:
-        line += f"\ntest loss {summary['test_loss']:.2f} (reconstruction {summary['test_recon']:.2f}, KL {summary['test_kl']:.2f})"
+    lik = summary.get("likelihood") or {}
+    if "elbo_nats" in lik:
+        line += (f"\ntest ELBO {lik['elbo_nats']:.2f} nats/image ({lik['elbo_bits_per_dim']:.4f} bits/dim; "
+                 f"reconstruction {lik['reconstruction_nll_nats']:.2f}, KL {lik['kl_nats']:.2f}) on "
+                 f"{lik['settings']['images']} test images (fp32; the definitions of `vaelab evaluate`)")
+    elif "reconstruction_loss" in lik:
+        line += f"\ntest loss {lik['reconstruction_loss'] + lik['kl_nats']:.2f} (reconstruction {lik['reconstruction_loss']:.2f}, KL {lik['kl_nats']:.2f})"
     _say(line)
     _say(f"run folder: {target}")
 

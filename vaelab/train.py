@@ -28,7 +28,7 @@ import torch
 from torchvision.utils import save_image
 
 from .config import Config
-from .data import DataSplits, epoch_batches, iterate_batches, load_data, spaced_images, spaced_indices
+from .data import DataSplits, epoch_batches, first_images, iterate_batches, load_data, spaced_images, spaced_indices
 from .errors import ConfigError, TrainingDiverged
 from .models.base import GenerativeModel, build_model
 from .models.cpu_bf16_convs import use_cpu_bf16_convs
@@ -370,9 +370,10 @@ class Trainer:
                     self.writer.add_scalar(prefix + key, value, row["step"])
 
     # evaluation --------------------------------------------------------------------------------------
-    def test_elbo(self, limit: int) -> dict | None:
-        """Mean test ELBO (nats per image, bits per dim) over up to ``limit`` test images; for a model whose
-        reconstruction term is not a likelihood (an SSIM loss), its test loss instead."""
+    def monitor_likelihood(self, limit: int) -> dict | None:
+        """The per-epoch monitor: mean test ELBO (or an SSIM model's loss) over up to ``limit`` test images under the
+        training precision, on raw pixels and, for conditional models, with the true label. Named ``monitor_*``
+        because it is not the evaluation's number (``likelihood`` in summary.json and eval/metrics.json)."""
         if not self.model.has_encoder:
             return None
         test = self.data.test
@@ -389,12 +390,24 @@ class Trainer:
         self.model.train()
         mean = {k: v / n for k, v in totals.items()}
         if not self.model.has_likelihood:
-            return {"test_loss": -mean["elbo"], "test_recon": mean["nll"], "test_kl": mean["kl"], "test_images": n}
-        dims = math.prod(self.model.image_shape)
-        result = {f"test_{k}": v for k, v in mean.items()}
-        result["test_bits_per_dim"] = -result["test_elbo"] / (dims * math.log(2))
-        result["test_images"] = n
-        return result
+            return {"monitor_loss": -mean["elbo"], "monitor_recon": mean["nll"], "monitor_kl": mean["kl"]}
+        return {"monitor_elbo": mean["elbo"], "monitor_nll": mean["nll"], "monitor_kl": mean["kl"]}
+
+    def held_out_likelihood(self, limit: int = 10_000) -> dict | None:
+        """The evaluation's likelihood numbers (``metrics.likelihood.likelihood_metrics``, fp32, K = 0) on up to
+        ``limit`` test images: the same names and definitions as ``vaelab evaluate``'s eval/metrics.json."""
+        if not self.model.has_encoder:
+            return None
+        from .metrics.likelihood import likelihood_metrics
+
+        test = self.data.test
+        x = first_images(test, limit)
+        y = None if test.labels is None else test.labels[: len(x)]
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return likelihood_metrics(self.model, x, y, k=0, seed=self.cfg.train.seed, progress=False)
+        finally:
+            self.model.train()
 
     def write_grids(self, tag: str) -> None:
         if not self.is_main or self.cfg.train.num_sample_images == 0:
@@ -545,7 +558,7 @@ class Trainer:
         else:
             self.sync_buffers()
         row = {"event": "epoch", "step": self.pos.step, "epoch": e, "images_per_s": images_per_s}
-        metrics = self.test_elbo(t.eval_images)
+        metrics = self.monitor_likelihood(t.eval_images)
         if metrics:
             row.update(metrics)
         if t.track_best and self.is_main:
@@ -554,7 +567,8 @@ class Trainer:
         if self.is_main and self.progress:
             shown = ""
             if metrics:
-                shown = f"  test ELBO {metrics['test_elbo']:.2f} nats" if "test_elbo" in metrics else f"  test loss {metrics['test_loss']:.2f}"
+                shown = (f"  test ELBO {metrics['monitor_elbo']:.2f} nats ({self.precision})" if "monitor_elbo" in metrics
+                         else f"  test loss {metrics['monitor_loss']:.2f}")
             if "sample_fid" in row:
                 shown += f"  sample FID {row['sample_fid']:.1f}" + (" (best)" if row.get("best") else "")
             print(f"epoch {e}/{t.epochs}  step {self.pos.step}  {images_per_s:.0f} img/s{shown}", flush=True)
@@ -609,9 +623,9 @@ class Trainer:
             "processes": self.world,
         }
         self.sync_buffers()
-        metrics = self.test_elbo(10_000)
-        if metrics:
-            summary.update(metrics)
+        likelihood = self.held_out_likelihood()
+        if likelihood:
+            summary["likelihood"] = likelihood
         if self.is_main:
             self.run.save_weights(self.model)
             atomic_write_text(self.run.summary_path, json.dumps(summary, indent=2) + "\n")
@@ -619,7 +633,9 @@ class Trainer:
 
             self._optional("the training curves", lambda: plot_training_curves(self.run.read_metrics(),
                                                                              self.run.path / "curves.png"))
-            self.log({"event": "end", "step": self.pos.step, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}})
+            numbers = {**summary, **(likelihood or {})}
+            self.log({"event": "end", "step": self.pos.step,
+                      **{k: v for k, v in numbers.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
         return summary
 
 
