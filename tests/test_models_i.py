@@ -111,8 +111,12 @@ def test_wgan_losses_by_hand():
     assert [model.generator_updates_at(s) for s in range(10)] == [False] * 4 + [True] + [False] * 4 + [True]
 
 
-def test_acgan_losses_by_hand():
-    model = built("acgan-mnist")
+@pytest.mark.parametrize("classify_fakes", [True, False])
+def test_acgan_losses_by_hand(classify_fakes):
+    """The paper's form (the class head learns real and fake classes, weight 1) and the mnist5k preset's (real
+    images only, weight 10)."""
+    weight = 1.0 if classify_fakes else 10.0
+    model = built("acgan-mnist", **{"model.classify_fakes": str(classify_fakes).lower(), "model.class_weight": weight})
     s_logit = torch.tensor([0.0, 1.0])
     c_logits = torch.tensor([[2.0] + [0.0] * 9, [0.0] * 10])
     model.discriminator.both = lambda x: (s_logit, c_logits)
@@ -122,9 +126,10 @@ def test_acgan_losses_by_hand():
     bce_fake = (math.log(2) + math.log(1 + math.exp(1))) / 2
     ce = (-(2 - math.log(math.exp(2) + 9)) + math.log(10)) / 2
     assert d["d_source"].item() == pytest.approx(bce_real + bce_fake, rel=1e-6)
-    assert d["d_class"].item() == pytest.approx(2 * ce, rel=1e-6)
+    assert d["d_class"].item() == pytest.approx((2 if classify_fakes else 1) * ce, rel=1e-6)
+    assert d["d_loss"].item() == pytest.approx(bce_real + bce_fake + weight * d["d_class"].item(), rel=1e-6)
     g = model.generator_loss(torch.zeros(2), y)
-    assert g["g_loss"].item() == pytest.approx(bce_real + ce, rel=1e-6)
+    assert g["g_loss"].item() == pytest.approx(bce_real + weight * ce, rel=1e-6)
 
 
 def _params(module):

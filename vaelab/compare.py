@@ -31,7 +31,7 @@ def _settings_of(result: dict) -> dict:
     samples = result.get("sample_metrics", {})
     settings = {
         "split": result.get("split"), "real_images": result.get("real_images"), "samples": result.get("samples"),
-        "image_size": s.get("dimensions"), "likelihood": s.get("likelihood"),
+        "image_size": result.get("image_shape"), "likelihood": s.get("likelihood"),
         # binarized data are drawn with the evaluation's seed: the same images only with the same seed
         "binarized": f"seed {s.get('seed')}" if s.get("binarized") else False,
         "dequantized": s.get("dequantized"),
@@ -69,11 +69,16 @@ def settings_for(metric: str) -> tuple[str, ...]:
     return ("split", "real_images", "samples")
 
 
-def not_comparable(metric: str, results: list[dict], settings: list[dict]) -> str | None:
-    """Why ``metric`` cannot be ranked across these runs, or None when it can."""
-    if metric.startswith(("elbo", "iwae")) and any(r.get("likelihood", {}).get("normalised") is False for r in results):
+def not_comparable(metric: str, results: list[dict], settings: list[dict], rows: list[dict]) -> str | None:
+    """Why ``metric`` cannot be ranked across the runs that report it, or None when it can. A setting a run does not
+    record (None: an older evaluation) is not held against it."""
+    having = [i for i, row in enumerate(rows) if metric in row]
+    if metric.startswith(("elbo", "iwae")) and any(results[i].get("likelihood", {}).get("normalised") is False
+                                                   for i in having):
         return "a Bernoulli likelihood on grey-level pixels is not normalised (evaluate with --binarized to rank)"
-    differing = [k for k in settings_for(metric) if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1]
+    differing = [k for k in settings_for(metric)
+                 if len({json.dumps(settings[i].get(k), sort_keys=True) for i in having
+                         if settings[i].get(k) is not None}) > 1]
     if differing:
         return "measured with different " + ", ".join(differing)
     return None
@@ -135,7 +140,9 @@ def verdict(names: list[str], rows: list[dict], metrics: list[str], unranked: di
             label = lambda g: (names[g[0][0]] if g[3] == 1 else
                                f"{names[g[0][0]]} and {g[3] - 1} more seed(s): {_fmt(g[1])} ± {_fmt(g[2])}")
             text = "; ".join(label(g) if g[3] > 1 else f"{label(g)} ({_fmt(g[1])})" for g in tied)
-            lines.append((axis, m, text + (" (tie within seed noise)" if len(tied) > 1 else "")))
+            if len(tied) > 1:
+                text += " (tie within seed noise)" if any(g[3] > 1 for g in tied) else " (tie)"
+            lines.append((axis, m, text))
     return lines
 
 
@@ -161,7 +168,7 @@ def compare(runs: list[str | Path], out: str | Path) -> Path:
             writer.writerow([name, *[row.get(m, "") for m in metrics]])
 
     settings = [_settings_of(res) for res in results]
-    unranked = {m: why for m in metrics if (why := not_comparable(m, results, settings))}
+    unranked = {m: why for m in metrics if (why := not_comparable(m, results, settings, rows))}
     best = {m: set() if m in unranked else _best([row.get(m) for row in rows], better(m)) for m in metrics}
 
     for name, run in zip(names, runs):

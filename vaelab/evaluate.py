@@ -159,6 +159,7 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     result: dict = {"run": str(run), "weights": model.weights_file, "model": model.registry_name,
                     "conditional": model.is_conditional,
                     "precision": "fp32",  # evaluation never autocasts, whatever the training precision was
+                    "image_shape": list(model.image_shape),
                     "data": data.description, "split": split,
                     "real_images": len(x_real), "samples": n, "seed": seed}
 
