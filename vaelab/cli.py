@@ -291,7 +291,7 @@ def reconstruct(
     from torchvision.utils import save_image
 
     from . import load
-    from .data import load_data, read_image_files, spaced_images, spaced_indices
+    from .data import load_data, read_image_files, spaced_images
 
     model = load(run, device=device)
     if not model.has_encoder:
@@ -303,9 +303,8 @@ def reconstruct(
             _fail("a conditional model needs labels to reconstruct; use the run's own test split (drop --images)")
     else:
         split = load_data(model.run_config.data).test
-        idx = spaced_indices(len(split), num)  # spread over the split, whose order may follow the classes
-        x = spaced_images(split, num)
-        y = None if not model.is_conditional else split.labels[idx].to(device)
+        x, labels = spaced_images(split, num)  # spread over the split, whose order may follow the classes
+        y = labels.to(device) if model.is_conditional else None
     recon = model.reconstruct(x.to(device), y).float().cpu()
     per_row = min(len(x), 8)
     rows = []

@@ -609,15 +609,16 @@ def spaced_indices(total: int, n: int) -> torch.Tensor:
     return (torch.arange(n, dtype=torch.float64) * total / max(n, 1)).long()
 
 
-def spaced_images(data: ImageSet, n: int) -> torch.Tensor:
-    """``n`` images spread evenly over a split, float32 (n, C, H, W) in [0, 1].
+def spaced_images(data: ImageSet, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``n`` images spread evenly over a split, float32 (n, C, H, W) in [0, 1], and their labels (n,) or None.
 
     A split's order can follow its classes (mnist5k: 500 per class, sorted), so its first images are not a sample of
     it: the first 500 training images of mnist5k are 400 zeros and 100 ones."""
     idx = spaced_indices(len(data), n)
+    labels = None if data.labels is None else data.labels[idx]
     if data.images is not None:
-        return data.images[idx].float() / 255.0
-    return torch.stack([data.stream[int(i)][0] for i in idx]).float() / 255.0
+        return data.images[idx].float() / 255.0, labels
+    return torch.stack([data.stream[int(i)][0] for i in idx]).float() / 255.0, labels
 
 
 def first_images(data: ImageSet, n: int) -> torch.Tensor:

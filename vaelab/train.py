@@ -28,7 +28,7 @@ import torch
 from torchvision.utils import save_image
 
 from .config import Config
-from .data import DataSplits, epoch_batches, first_images, iterate_batches, load_data, spaced_images, spaced_indices
+from .data import DataSplits, epoch_batches, first_images, iterate_batches, load_data, spaced_images
 from .errors import ConfigError, TrainingDiverged
 from .models.base import GenerativeModel, build_model
 from .models.cpu_bf16_convs import use_cpu_bf16_convs
@@ -425,9 +425,9 @@ class Trainer:
         samples = self.model.sample(n, y=y, generator=torch.Generator().manual_seed(self.cfg.train.seed))
         save_image(samples.float().cpu(), self.run.samples_dir / f"{tag}-samples.png", nrow=nrow, padding=1)
         if self.model.has_encoder:
-            idx = spaced_indices(len(self.data.test), 32)  # spread over the split, whose order may follow the classes
-            x = spaced_images(self.data.test, 32).to(self.device)
-            labels = None if self.data.test.labels is None else self.data.test.labels[idx].to(self.device)
+            x, labels = spaced_images(self.data.test, 32)  # spread over the split, whose order may follow the classes
+            x = x.to(self.device)
+            labels = None if labels is None else labels.to(self.device)
             with torch.inference_mode():
                 recon = self.model.reconstruct(x, labels if self.model.is_conditional else None)
             per_row = min(8, len(x))  # originals above their reconstructions, row by row

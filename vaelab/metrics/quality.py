@@ -20,7 +20,7 @@ class SampleQuality:
     the training split has too few images for a covariance."""
 
     def __init__(self, data, data_cfg, n: int = 500, seed: int = 0, progress: bool = False):
-        from ..data import spaced_images, spaced_indices
+        from ..data import spaced_images
 
         self.seed = seed
         if data.train.labels is not None and data.num_classes >= 2:
@@ -33,10 +33,8 @@ class SampleQuality:
             self.space = "random_features"
         # training images as the reference (choosing the best epoch on the test images would bias the test numbers),
         # spread over the split: mnist5k's first 500 training images are 400 zeros and 100 ones
-        idx = spaced_indices(len(data.train), n)
-        real = spaced_images(data.train, n)
-        # a conditional model draws the reference's classes, so its samples are compared like with like
-        self.labels = data.train.labels[idx] if data.train.labels is not None else None
+        # a conditional model draws the reference's classes (self.labels), so its samples are compared like with like
+        real, self.labels = spaced_images(data.train, n)
         self.n = len(real)
         self.real = self._features(real) if self.n >= 2 else None
         self.settings = {"metric": "fid", "feature_space": self.space, "samples": self.n, "seed": seed}
