@@ -1,5 +1,5 @@
 """Weight gradient of the presets' strided convolutions: oneDNN's backward-weights kernel vs the patch GEMM
-(vaelab/models/cpu_bf16_convs.py), channels-last, batch 64, ms per call.
+(vaelab/accel/cpu_bf16_convs.py), channels-last, batch 64, ms per call.
 
     python benchmarks/conv_weight_grad.py
 """
@@ -11,7 +11,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vaelab.models.cpu_bf16_convs import patch_gemm_weight_grad
+from vaelab.accel.cpu_bf16_convs import patch_gemm_weight_grad
 
 # (transposed, in channels, out channels, input size): the 4x4 stride-2 convs of vae-mnist and vaegan-mnist at 28 px
 LAYERS = [(False, 32, 64, 14), (False, 64, 128, 7), (False, 64, 128, 14), (False, 128, 256, 7), (False, 256, 256, 3),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vaelab.config import load_config
 from vaelab.data import epoch_batches, iterate_batches
-from vaelab.train import Trainer
+from vaelab.training import Trainer
 
 SWITCHES = {"channels_last": "train.channels_last", "fused": "train.fused_optimizer",
             "cpu_bf16_convs": "train.cpu_bf16_convs"}

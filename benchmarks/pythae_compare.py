@@ -26,9 +26,10 @@ import torch
 
 from vaelab.config import load_config
 from vaelab.data import first_images, load_data
-from vaelab.models.base import build_model
+from vaelab.models import build_model
 from vaelab.run import RunFolder
-from vaelab.train import Trainer, fill_data_shape
+from vaelab.config import fill_data_shape
+from vaelab.training import Trainer
 
 
 class StepClock:

@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from vaelab.config import load_config
 from vaelab.data import epoch_batches, iterate_batches
-from vaelab.train import Trainer
+from vaelab.training import Trainer
 
 
 def describe(t) -> str:

@@ -25,7 +25,8 @@ import torch
 
 from vaelab.config import load_config
 from vaelab.data import epoch_batches, iterate_batches
-from vaelab.train import Trainer, _autocast
+from vaelab.accel import autocast as _autocast
+from vaelab.training import Trainer
 
 MNIST_PRESETS = ["vae-mnist", "vae-wss18-mnist", "cvae-mnist", "dcvae-ssim-mnist", "dcgan-mnist", "wgan-gp-mnist",
                  "acgan-mnist", "vaegan-mnist", "gvae-sagar-mnist", "avae-khan-mnist", "began-star-mnist"]

@@ -3,6 +3,10 @@ import warnings
 
 import pytest
 
+from vaelab.config import fill_data_shape, load_config
+from vaelab.data import load_data
+from vaelab.models import build_model
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -31,3 +35,23 @@ def tiny_overrides(vae: bool = True, **extra) -> list[str]:
     }
     sets.update({k: str(v) for k, v in extra.items()})
     return [f"{k}={v}" for k, v in sets.items()]
+
+
+def built_model(preset, **sets):
+    """The model of ``preset`` (``model.key=value`` overrides in ``sets``) at its dataset's image shape."""
+    cfg = load_config(preset=preset, overrides=[f"{k}={v}" for k, v in sets.items()])
+    if cfg.model.image_size is None:
+        source = cfg.data.name.split("+")[0]  # stl10+unlabeled is STL-10's shape
+        shape = {"stl10": (96, 3, 10), "cifar10": (32, 3, 10), "celeba": (64, 3, 0)}.get(source)
+        if shape:
+            cfg.model.image_size, cfg.model.channels = shape[0], shape[1]
+            if hasattr(cfg.model, "num_classes"):
+                cfg.model.num_classes = shape[2]
+        else:
+            fill_data_shape(cfg, load_data(cfg.data))
+    return build_model(cfg.model)
+
+
+def parameters_of(module):
+    """Copies of a module's parameters, to compare before and after an update."""
+    return [p.detach().clone() for p in module.parameters()]

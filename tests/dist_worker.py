@@ -9,7 +9,7 @@ import torch
 
 from vaelab.config import load_config
 from vaelab.run import RunFolder
-from vaelab.train import Trainer
+from vaelab.training import Trainer
 
 
 def main(out, record, batch_size, steps):

@@ -92,7 +92,7 @@ def test_evaluation_split_across_two_processes_equals_one_process(tmp_path):
 
     from vaelab.config import load_config
     from vaelab.evaluate import evaluate
-    from vaelab.train import train
+    from vaelab.training import train
 
     run = tmp_path / "run"
     train(load_config(overrides=tiny_overrides(**{"train.max_steps": 20, "train.epochs": 1})), run, progress=False)

@@ -10,10 +10,11 @@ from conftest import tiny_overrides
 from vaelab.cli import app
 from vaelab.config import DataConfig, load_config
 from vaelab.data import load_data
-from vaelab.evaluate import evaluate, train_and_save_classifier
+from vaelab.evaluate import evaluate
+from vaelab.metrics.features import train_and_save_classifier
 from vaelab.compare import compare
 from vaelab.errors import VaelabError
-from vaelab.train import train
+from vaelab.training import train
 
 
 @pytest.fixture(scope="module")

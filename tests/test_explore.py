@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
 from vaelab.config import load_config
-from vaelab.train import train
+from vaelab.training import train
 
 pytest.importorskip("gradio", reason="the explorer needs gradio: pip install -e '.[test]'")
 from vaelab.explore import Explorer  # noqa: E402
@@ -43,6 +42,28 @@ def test_sliders_follow_the_kl_order_and_move_the_image(run):
     assert strip.shape == (252, 5 * 252, 3)
     recon = e.reconstruct((np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8))
     assert recon.shape == (252, 504, 3)
+
+
+def test_an_uploaded_file_is_decoded_as_training_decodes_it(run, tmp_path):
+    """The explorer reads an upload through the training decode path: a 16-bit PNG whose EXIF says "rotate" shows
+    the input the model would have been trained on (the rotated image, scaled from 16 bits)."""
+    from PIL import Image
+
+    from vaelab.data import read_image_files
+
+    pixels = np.zeros((40, 20), dtype=np.uint16)
+    pixels[:15, :] = 65535  # a bright band at the top of a tall image
+    path = tmp_path / "upload.png"
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    image.save(path, exif=exif)
+    e = Explorer(run)
+    shown = e.reconstruct(str(path))[:, :252]  # the input half of "input | reconstruction"
+    x, _ = read_image_files(tmp_path, 1, 28)
+    expected = np.repeat(np.repeat((x[0, 0].numpy() * 255).round(), 9, 0), 9, 1)
+    assert np.abs(shown[..., 0].astype(float) - expected).max() <= 1
+    assert shown[:, -9:].mean() > 200 and shown[:, :9].mean() < 50  # rotated: the band is on the right
 
 
 def _free_port() -> int:

@@ -15,7 +15,7 @@ from PIL import Image
 from vaelab.config import DataConfig, apply_overrides, build_config, read_preset
 from vaelab.data import load_data, read_image_files
 from vaelab.errors import ConfigError, DataError, VaelabError
-from vaelab.models.base import build_model, model_names
+from vaelab.models import build_model, model_names
 
 EXTENSIONS = [".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif"]
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

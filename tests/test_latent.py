@@ -13,10 +13,10 @@ from vaelab import load
 from vaelab.cli import app
 from vaelab.config import DataConfig, load_config
 from vaelab.data import first_images, load_data
-from vaelab.evaluate import train_and_save_classifier
+from vaelab.metrics.features import train_and_save_classifier
 from vaelab.latent import slerp
 from vaelab.metrics.features import load_classifier
-from vaelab.train import train
+from vaelab.training import train
 
 runner = CliRunner()
 

@@ -5,7 +5,7 @@ import torch
 
 from vaelab.errors import ConfigError
 from vaelab.losses import bernoulli_nll, gaussian_nll, kl_standard_normal, log_normal
-from vaelab.models.base import build_model
+from vaelab.models import build_model
 from vaelab.models.vae import VAEConfig
 
 
@@ -89,44 +89,19 @@ def test_iwae_bound_is_above_the_elbo():
     assert iwae > elbo
 
 
-def test_decoders_hand_their_first_conv_a_start_map_in_the_models_layout():
-    from vaelab.models.blocks import BeganDecoder, ConvDecoder
-    from vaelab.models.gvae import GVAEGenerator
-
-    torch.manual_seed(0)
-    z = torch.randn(4, 8, dtype=torch.float64)
-    for make in (lambda: ConvDecoder(8, 1, 28, [8, 16, 32]), lambda: BeganDecoder(8, 1, 16, 8, 1),
-                 lambda: GVAEGenerator(8, 1, 16, 8, [8, 8, 8], 0.0)):
-        torch.manual_seed(1)
-        decoder = make().double().eval()
-        reference = decoder(z)
-        first_conv = next(m for m in decoder.net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d))
-        seen = []
-        first_conv.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-        decoder.to(memory_format=torch.channels_last)
-        out = decoder(z)
-        assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()
-        torch.testing.assert_close(out, reference)  # the same map, only its layout differs
 
 
-def test_flatten_keeps_nchw_order_and_hands_channels_last_maps_a_channels_last_gradient():
-    from vaelab.models.blocks import flatten
+def test_named_gan_losses_by_hand():
+    from vaelab.losses import (hinge_d_loss, non_saturating_d_loss, non_saturating_g_loss, wasserstein_critic_loss,
+                               wasserstein_g_loss)
 
-    torch.manual_seed(0)
-    base = torch.randn(3, 4, 5, 5, dtype=torch.float64)
-    weight = torch.randn(3, 100, dtype=torch.float64)
-    grads = {}
-    for layout in (torch.contiguous_format, torch.channels_last):
-        x = base.clone().contiguous(memory_format=layout).requires_grad_()
-        out = flatten(x)
-        assert torch.equal(out, base.flatten(1))  # the same features in the same order as nn.Flatten
-        (grads[layout],) = torch.autograd.grad((out * weight).sum(), x)
-        assert grads[layout].is_contiguous(memory_format=layout)  # the layout of the map it came from
-    torch.testing.assert_close(grads[torch.channels_last], grads[torch.contiguous_format])
-    # a gradient penalty differentiates the flatten's backward again
-    x = base.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
-    penalties = []
-    for fn in (flatten, lambda t: t.flatten(1)):
-        (g,) = torch.autograd.grad((fn(x * x) * weight).sum(), x, create_graph=True)
-        penalties.append(torch.autograd.grad(g.pow(2).sum(), x)[0])
-    torch.testing.assert_close(penalties[0], penalties[1])
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    softplus = lambda t: math.log1p(math.exp(t))  # -log sigmoid(-t)
+    # -log D(x) = softplus(-logit); -log(1 - D(G(z))) = softplus(logit)
+    d = (softplus(-2.0) + softplus(1.0)) / 2 + (softplus(0.5) + softplus(-3.0)) / 2
+    assert non_saturating_d_loss(real, fake).item() == pytest.approx(d, rel=1e-6)
+    assert non_saturating_g_loss(fake).item() == pytest.approx((softplus(-0.5) + softplus(3.0)) / 2, rel=1e-6)
+    assert wasserstein_critic_loss(real, fake).item() == pytest.approx((0.5 - 3.0) / 2 - (2.0 - 1.0) / 2)
+    assert wasserstein_g_loss(fake).item() == pytest.approx(1.25)
+    # hinge: max(0, 1 - 2) + max(0, 1 + 1) over real, max(0, 1 + 0.5) + max(0, 1 - 3) over fake
+    assert hinge_d_loss(real, fake).item() == pytest.approx((0 + 2) / 2 + (1.5 + 0) / 2)

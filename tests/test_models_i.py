@@ -5,27 +5,10 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import built_model, parameters_of
 from vaelab.config import load_config
 from vaelab.losses import colour_loss, gradient_penalty, ssim_loss
-from vaelab.models.base import build_model
-from vaelab.train import _Updater, fill_data_shape, train
-from vaelab.config import DataConfig
-from vaelab.data import load_data
-
-
-def built(preset, **sets):
-    cfg = load_config(preset=preset, overrides=[f"{k}={v}" for k, v in sets.items()])
-    if cfg.model.image_size is None:
-        source = cfg.data.name.split("+")[0]  # stl10+unlabeled is STL-10's shape
-        shape = {"stl10": (96, 3, 10), "cifar10": (32, 3, 10), "celeba": (64, 3, 0)}.get(source)
-        if shape:
-            cfg.model.image_size, cfg.model.channels = shape[0], shape[1]
-            if hasattr(cfg.model, "num_classes"):
-                cfg.model.num_classes = shape[2]
-        else:
-            fill_data_shape(cfg, load_data(cfg.data))
-    return build_model(cfg.model)
+from vaelab.training import UpdateContext, train
 
 
 ALL_PRESETS = ["cvae-mnist", "cvae-mnist-16", "dcvae-ssim-mnist", "dcvae-ssim-stl10", "dcvae-ssim-cifar10",
@@ -34,7 +17,7 @@ ALL_PRESETS = ["cvae-mnist", "cvae-mnist-16", "dcvae-ssim-mnist", "dcvae-ssim-st
 
 @pytest.mark.parametrize("preset", ALL_PRESETS)
 def test_output_shapes_at_each_presets_resolution(preset):
-    model = built(preset).eval()
+    model = built_model(preset).eval()
     c = model.config
     y = torch.arange(2) % c.num_classes if model.is_conditional else None
     x = model.sample(2, y=y, generator=torch.Generator().manual_seed(0))
@@ -49,13 +32,13 @@ def test_output_shapes_at_each_presets_resolution(preset):
 
 
 def test_ssim_vae_unpadded_stl10_sizes():
-    model = built("dcvae-ssim-stl10")
+    model = built_model("dcvae-ssim-stl10")
     assert model.encoder.sizes == [96, 47, 22, 10, 4]
     assert model.config.latent_dim == 1024
 
 
 def test_cvae_conditions_on_the_label():
-    model = built("cvae-mnist").eval()
+    model = built_model("cvae-mnist").eval()
     z = torch.zeros(1, 2)
     images = [model.decode(z, torch.tensor([k])) for k in range(3)]
     assert not torch.allclose(images[0], images[1])
@@ -88,7 +71,7 @@ def test_gradient_penalty_matches_linear_critic_analytically():
 
 
 def test_dcgan_losses_by_hand():
-    model = built("dcgan-mnist")
+    model = built_model("dcgan-mnist")
     model.discriminator.forward = lambda x: x.flatten(1).mean(1)  # a fixed "logit" per image
     real, fake = torch.full((2, 1, 28, 28), 2.0), torch.full((2, 1, 28, 28), -1.0)
     d = model.discriminator_loss(real, fake, None, None)
@@ -99,7 +82,7 @@ def test_dcgan_losses_by_hand():
 
 
 def test_wgan_losses_by_hand():
-    model = built("wgan-gp-mnist")
+    model = built_model("wgan-gp-mnist")
     model.discriminator.forward = lambda x: 3 * x.flatten(1).sum(1)  # linear critic, ||grad|| = 3
     real, fake = torch.full((2, 1, 28, 28), 0.5), torch.zeros(2, 1, 28, 28)
     d = model.discriminator_loss(real, fake, None, None)
@@ -116,7 +99,7 @@ def test_acgan_losses_by_hand(classify_fakes):
     """The paper's form (the class head learns real and fake classes, weight 1) and the mnist5k preset's (real
     images only, weight 10)."""
     weight = 1.0 if classify_fakes else 10.0
-    model = built("acgan-mnist", **{"model.classify_fakes": str(classify_fakes).lower(), "model.class_weight": weight})
+    model = built_model("acgan-mnist", **{"model.classify_fakes": str(classify_fakes).lower(), "model.class_weight": weight})
     s_logit = torch.tensor([0.0, 1.0])
     c_logits = torch.tensor([[2.0] + [0.0] * 9, [0.0] * 10])
     model.discriminator.both = lambda x: (s_logit, c_logits)
@@ -132,31 +115,27 @@ def test_acgan_losses_by_hand(classify_fakes):
     assert g["g_loss"].item() == pytest.approx(bce_real + weight * ce, rel=1e-6)
 
 
-def _params(module):
-    return [p.detach().clone() for p in module.parameters()]
-
-
 @pytest.mark.parametrize("preset", ["dcgan-mnist", "wgan-gp-mnist", "acgan-mnist"])
 def test_each_update_touches_only_its_own_network(preset):
     torch.manual_seed(0)
-    model = built(preset)
+    model = built_model(preset)
     optimizers = model.configure_optimizers()
-    ctx = _Updater(optimizers, {}, 1, None, "cpu")
+    ctx = UpdateContext(optimizers, {}, 1, None, "cpu")
     real = torch.rand(8, 1, 28, 28) * 2 - 1
     y = torch.randint(10, (8,)) if model.is_conditional else None
     fake = model.generate(torch.randn(8, model.config.latent_dim), y)
 
-    g_before, d_before = _params(model.generator), _params(model.discriminator)
+    g_before, d_before = parameters_of(model.generator), parameters_of(model.discriminator)
     d = model.discriminator_loss(real, fake.detach(), y, y)
     ctx.update(d["d_loss"], "discriminator")
-    assert all(torch.equal(a, b) for a, b in zip(g_before, _params(model.generator)))
-    assert not all(torch.equal(a, b) for a, b in zip(d_before, _params(model.discriminator)))
+    assert all(torch.equal(a, b) for a, b in zip(g_before, parameters_of(model.generator)))
+    assert not all(torch.equal(a, b) for a, b in zip(d_before, parameters_of(model.discriminator)))
 
-    g_before, d_before = _params(model.generator), _params(model.discriminator)
+    g_before, d_before = parameters_of(model.generator), parameters_of(model.discriminator)
     g = model.generator_loss(fake, y)
     ctx.update(g["g_loss"], "generator")
-    assert all(torch.equal(a, b) for a, b in zip(d_before, _params(model.discriminator)))
-    assert not all(torch.equal(a, b) for a, b in zip(g_before, _params(model.generator)))
+    assert all(torch.equal(a, b) for a, b in zip(d_before, parameters_of(model.discriminator)))
+    assert not all(torch.equal(a, b) for a, b in zip(g_before, parameters_of(model.generator)))
 
 
 @pytest.mark.parametrize("preset", ["cvae-mnist", "dcvae-ssim-mnist", "dcgan-mnist", "wgan-gp-mnist", "acgan-mnist"])

@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_models_i import _params, built
+from conftest import built_model, parameters_of
 from vaelab.config import load_config
 from vaelab.models.avae import PIDController, l1, pull_away
 from vaelab.run import RunFolder
-from vaelab.train import _Updater, train
+from vaelab.training import UpdateContext, train
 
 PRESETS = ["vaegan-mnist", "vaegan-larsen-celeba64", "gvae-sagar-mnist", "avae-khan-mnist", "avae-khan-celeba64",
            "avae-khan-cifar10", "began-star-mnist", "began-star-celeba64"]
@@ -22,7 +22,7 @@ PRESETS = ["vaegan-mnist", "vaegan-larsen-celeba64", "gvae-sagar-mnist", "avae-k
     ("avae-khan-celeba128", {"model.filters": 8}),
 ])
 def test_output_shapes_at_each_presets_resolution(preset, extra):
-    model = built(preset, **extra).eval()
+    model = built_model(preset, **extra).eval()
     c = model.config
     x = model.sample(2, generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, c.channels, c.image_size, c.image_size)
@@ -34,7 +34,7 @@ def test_output_shapes_at_each_presets_resolution(preset, extra):
 
 def test_gvae_latent_sizes_of_table_5_build():
     for latent in (100, 500, 1000, 2000):
-        model = built("gvae-sagar-mnist", **{"model.latent_dim": latent})
+        model = built_model("gvae-sagar-mnist", **{"model.latent_dim": latent})
         assert model.generator.fc.in_features == latent and model.to_moments.out_features == 2 * latent
 
 
@@ -70,7 +70,7 @@ def test_l1_by_hand():
 
 def test_avae_losses_compose_as_in_the_paper():
     torch.manual_seed(0)
-    model = built("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4})
+    model = built_model("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4})
     model.controller.k = 0.25
     x = torch.rand(3, 1, 28, 28)
     t = model.losses(x)
@@ -92,7 +92,7 @@ def test_avae_losses_compose_as_in_the_paper():
 
 def test_vaegan_feature_loss_is_eq_8_on_the_chosen_discriminator_layer():
     torch.manual_seed(0)
-    model = built("vaegan-mnist", **{"model.feature_layer": 1})
+    model = built_model("vaegan-mnist", **{"model.feature_layer": 1})
     x = torch.rand(3, 1, 28, 28)
     torch.manual_seed(1)
     t = model.losses(x)
@@ -114,7 +114,7 @@ def test_vaegan_feature_loss_is_eq_8_on_the_chosen_discriminator_layer():
 def test_avae_terms_come_from_the_right_tensors():
     """L_e, L_g, L_v, L_s and L_d of eqs. (2), (7), (9) recomputed from the networks by hand."""
     torch.manual_seed(0)
-    model = built("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4}).eval()  # BatchNorm: running stats
+    model = built_model("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4}).eval()  # BatchNorm: running stats
     x = torch.rand(3, 1, 28, 28)
     torch.manual_seed(1)
     t = model.losses(x)
@@ -140,7 +140,7 @@ def test_avae_terms_come_from_the_right_tensors():
 
 def test_gvae_critic_loss_uses_both_fakes_and_the_penalty_on_interpolates():
     torch.manual_seed(0)
-    model = built("gvae-sagar-mnist")
+    model = built_model("gvae-sagar-mnist")
     x, x_tilde, x_p = torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28)
     torch.manual_seed(3)
     t = model.critic_loss(x, x_tilde, x_p)
@@ -159,7 +159,7 @@ def test_gvae_critic_loss_uses_both_fakes_and_the_penalty_on_interpolates():
 
 def test_gvae_vae_step_leaves_the_critic_unchanged():
     torch.manual_seed(0)
-    model = built("gvae-sagar-mnist")
+    model = built_model("gvae-sagar-mnist")
     rec = _Recorder(model, snapshot=model.critic)
     rec.step = model.config.n_critic - 1  # the step that also updates encoder + generator
     model.training_step({"x": torch.rand(4, 1, 28, 28), "y": None}, rec)
@@ -173,11 +173,11 @@ class _Recorder:
     """An UpdateContext that records which optimizers a step asked for, then applies them."""
 
     def __init__(self, model, snapshot=None):
-        self.inner = _Updater(model.configure_optimizers(), {}, 1, None, "cpu")
+        self.inner = UpdateContext(model.configure_optimizers(), {}, 1, None, "cpu")
         self.step = 0
         self.names = []
         self.watched = snapshot  # a module whose parameters are copied before the first and after each update
-        self.snapshots = [] if snapshot is None else [_params(snapshot)]
+        self.snapshots = [] if snapshot is None else [parameters_of(snapshot)]
 
     def update(self, loss, optimizer, terms=None):
         self.update_many({optimizer: loss}, terms)
@@ -187,7 +187,7 @@ class _Recorder:
         self.inner.step = self.step
         self.inner.update_many(losses, terms)
         if self.watched is not None:
-            self.snapshots.append(_params(self.watched))
+            self.snapshots.append(parameters_of(self.watched))
 
     def mean_over_processes(self, values):
         return self.inner.mean_over_processes(values)
@@ -195,15 +195,15 @@ class _Recorder:
 
 def test_avae_updates_touch_only_their_own_groups():
     torch.manual_seed(0)
-    model = built("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4})
-    ctx = _Updater(model.configure_optimizers(), {}, 1, None, "cpu")
+    model = built_model("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4})
+    ctx = UpdateContext(model.configure_optimizers(), {}, 1, None, "cpu")
     x = torch.rand(4, 1, 28, 28)
     groups = {"encoder": model.encoder, "decoder": model.decoder, "discriminator": model.discriminator}
     for name, loss_key in (("discriminator", "L_dis"), ("encoder", "L_enc"), ("decoder", "L_gen")):
-        before = {g: _params(m) for g, m in groups.items()}
+        before = {g: parameters_of(m) for g, m in groups.items()}
         ctx.update(model.losses(x)[loss_key], name)
         for g, m in groups.items():
-            same = all(torch.equal(a, b) for a, b in zip(before[g], _params(m)))
+            same = all(torch.equal(a, b) for a, b in zip(before[g], parameters_of(m)))
             assert same == (g != name), (name, g)
     rec = _Recorder(model)
     model.training_step({"x": x, "y": None}, rec)
@@ -212,25 +212,25 @@ def test_avae_updates_touch_only_their_own_groups():
 
 def test_vaegan_and_gvae_updates_touch_only_their_own_groups():
     torch.manual_seed(0)
-    model = built("gvae-sagar-mnist", **{"model.n_critic": 5})  # the paper's schedule
+    model = built_model("gvae-sagar-mnist", **{"model.n_critic": 5})  # the paper's schedule
     rec = _Recorder(model)
     x = torch.rand(4, 1, 28, 28)
-    vae_before, critic_before = _params(model.generator), _params(model.critic)
+    vae_before, critic_before = parameters_of(model.generator), parameters_of(model.critic)
     model.training_step({"x": x, "y": None}, rec)  # step 0: a critic step only
     assert rec.names == [["critic"]]
-    assert all(torch.equal(a, b) for a, b in zip(vae_before, _params(model.generator)))
-    assert not all(torch.equal(a, b) for a, b in zip(critic_before, _params(model.critic)))
+    assert all(torch.equal(a, b) for a, b in zip(vae_before, parameters_of(model.generator)))
+    assert not all(torch.equal(a, b) for a, b in zip(critic_before, parameters_of(model.critic)))
     rec.step = 4  # the 5th step also updates encoder + generator
     model.training_step({"x": x, "y": None}, rec)
     assert rec.names[-2:] == [["critic"], ["vae"]]
 
-    model = built("vaegan-mnist", **{"model.balance_margin": "null"})
+    model = built_model("vaegan-mnist", **{"model.balance_margin": "null"})
     rec = _Recorder(model)
-    enc_before, dec_before, dis_before = _params(model.encoder), _params(model.decoder), _params(model.discriminator)
+    enc_before, dec_before, dis_before = parameters_of(model.encoder), parameters_of(model.decoder), parameters_of(model.discriminator)
     model.training_step({"x": x, "y": None}, rec)
     assert rec.names == [["encoder", "decoder", "discriminator"]]
     for before, module in ((enc_before, model.encoder), (dec_before, model.decoder), (dis_before, model.discriminator)):
-        assert not all(torch.equal(a, b) for a, b in zip(before, _params(module)))
+        assert not all(torch.equal(a, b) for a, b in zip(before, parameters_of(module)))
 
 
 def _small(preset, **extra):
@@ -288,7 +288,7 @@ def test_paper_presets_keep_the_papers_settings(preset):
 def test_gvae_critic_only_steps_build_no_graph_for_the_vae():
     """On the n_critic - 1 steps that update the critic alone, the encoder and generator run without autograd
     (their graph would be thrown away); the VAE step runs them with it."""
-    model = built("gvae-sagar-mnist", **{"model.n_critic": 3})
+    model = built_model("gvae-sagar-mnist", **{"model.n_critic": 3})
     calls = []
     model.generator.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
     rec = _Recorder(model)

@@ -12,7 +12,7 @@ from vaelab import load
 from vaelab.config import load_config
 from vaelab.errors import RunFolderError
 from vaelab.run import RunFolder, read_checkpoint
-from vaelab.train import train
+from vaelab.training import train
 
 
 class Payload:

@@ -14,6 +14,7 @@ lists the valid keys with their types, so a typo never silently falls back to a 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -51,8 +52,8 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     seed: int = 0
-    # auto: bf16 autocast for the models measured to keep their quality in it (VAEs, VAE-GAN), on a GPU with bf16 or a
-    # CPU with AMX / AVX-512 BF16; fp32 elsewhere (benchmarks/RESULTS.md). fp16 (+ GradScaler) is CUDA only
+    # auto: bf16 autocast for the models measured to keep their quality in it (vaelab.accel.BF16_BY_DEFAULT), on a
+    # GPU with bf16 or a CPU with AMX / AVX-512 BF16; fp32 elsewhere. fp16 (+ GradScaler) is CUDA only
     precision: Precision = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     log_every: int = 25  # steps between metrics.jsonl / TensorBoard rows
@@ -73,15 +74,11 @@ class TrainConfig:
     max_rollbacks: int = 3
     rollback_lr_factor: float = 0.5
     tensorboard: bool = True
-    compile: bool = False  # torch.compile each sub-network in place (same weights and checkpoints); see RESULTS.md
-    # NHWC weights and batches: oneDNN/cuDNN convolutions then skip a layout copy per call (vae-mnist +17% per step
-    # on CPU; every preset but wgan-gp gains, RESULTS.md). Ignored on MPS
-    channels_last: bool = True
-    # CPU, bf16, where oneDNN's kernels are slow (vaelab/models/cpu_bf16_convs.py): conv weight gradients on maps of
-    # <= 16 positions as one GEMM over strided patches (vae-mnist step +11%), output-padded transposed convs as an
-    # unpadded one, cropped (+2%)
-    cpu_bf16_convs: bool = True
-    fused_optimizer: bool = True  # Adam/AdamW/SGD with fused=True (one kernel per step; +5% on vae-mnist)
+    # The speed levers of vaelab.accel, each with a switch (what each measured: benchmarks/RESULTS.md)
+    compile: bool = False  # torch.compile each sub-network in place (same weights and checkpoints)
+    channels_last: bool = True  # NHWC weights and batches (convolutions skip a layout copy per call); not on MPS
+    cpu_bf16_convs: bool = True  # CPU, bf16: the conv rewrites of vaelab/accel/cpu_bf16_convs.py
+    fused_optimizer: bool = True  # Adam/AdamW/SGD with fused=True (one kernel per step)
 
 
 @dataclass
@@ -270,14 +267,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def build_config(raw: dict) -> Config:
     """Turn a raw mapping (preset, file, or run folder's config.yaml) into a checked Config."""
-    from .models.base import model_config_class
+    from .models.registry import model_class
 
     unknown = sorted(set(raw) - {"name", "description", "data", "model", "train"})
     if unknown:
         raise ConfigError(f"unknown top-level key(s): {', '.join(unknown)}; valid: name, description, data, model, train")
     model_raw = dict(raw.get("model") or {})
     model_name = model_raw.get("name", "vae")
-    model_cls = model_config_class(model_name)
+    model_cls = model_class(model_name).config_class
     cfg = Config(
         name=str(raw.get("name", "run")),
         description=str(raw.get("description", "")),
@@ -312,3 +309,31 @@ def load_config(preset: str | None = None, config_file: str | None = None, overr
     else:
         raw = read_preset(preset or "vae-mnist")
     return build_config(apply_overrides(raw, list(overrides)))
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1.5h', '2h30m' or plain seconds -> seconds (train.time_budget)."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smh])", text)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != text.replace(" ", ""):
+        raise ConfigError(f"cannot read the duration {text!r}; write it like 90s, 10m, 1.5h or 2h30m")
+    return sum(float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+
+
+def fill_data_shape(cfg: Config, data) -> None:
+    """Write the data's image shape and classes (``data``: a ``vaelab.data.DataSplits``) into the model config, so
+    that config.yaml alone rebuilds the model."""
+    m = cfg.model
+    for key, value in (("image_size", data.image_size), ("channels", data.channels)):
+        if getattr(m, key, None) not in (None, value):
+            raise ConfigError(f"model.{key}={getattr(m, key)} but the data give {value}; set data.{key} instead")
+        setattr(m, key, value)
+    if hasattr(m, "num_classes"):
+        if data.num_classes == 0:
+            raise ConfigError(f"model '{m.name}' is conditional but {cfg.data.name} has no class labels "
+                              "(use a folder with one subfolder per class, or data.labels_csv with a 'label' column)")
+        m.num_classes = data.num_classes
+    if hasattr(m, "validate"):
+        m.validate()

@@ -20,9 +20,8 @@ from .data import first_images, load_data
 from .errors import VaelabError
 from .metrics import features as feats
 from .metrics import samples as sm
-from .metrics.features import classifier_folder_for, train_and_save_classifier
 from .metrics.likelihood import likelihood_metrics
-from .processes import barrier, chunk_seed, is_main_process, launched_processes, map_chunks, rank_and_world
+from .processes import barrier, chunk_seed, is_main_process, join_processes, launched_processes, map_chunks, rank_and_world
 from .run import RunFolder, atomic_write_text, load
 
 
@@ -34,7 +33,7 @@ def _resolve_features(specs: list[str], run_cfg, data, inception_weights, downlo
                 if is_main_process():
                     feats.cached_classifier(data, run_cfg.data, progress)
                 barrier()  # the other processes load what the main process trained
-                folder = classifier_folder_for(run_cfg.data)
+                folder = feats.classifier_folder_for(run_cfg.data)
                 extractors.append(feats.ClassifierExtractor(folder))
             if feats.inception_weights_path(inception_weights) is not None or download:
                 extractors.append(feats.InceptionExtractor(inception_weights, download))
@@ -145,8 +144,6 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
         raise VaelabError(f"--split must be test or train, got {split!r}")
     folder = RunFolder(run)
     if launched_processes() > 1:
-        from .train import join_processes
-
         device = str(join_processes(device)[0])
     main = is_main_process()
     model = load(run, device=device, weights=weights)
@@ -321,7 +318,3 @@ def _plot_class_histogram(result: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "class_histogram.png", dpi=110)
     plt.close(fig)
-
-
-def finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -106,14 +106,13 @@ class Explorer:
         return np.concatenate([to_display(f) for f in frames], axis=1)
 
     @torch.no_grad()
-    def reconstruct(self, image: np.ndarray, label=0) -> np.ndarray | None:
+    def reconstruct(self, image, label=0) -> np.ndarray | None:
+        """``image``: an uploaded file's path (EXIF rotation, 16-bit, palettes as in training) or a uint8 array."""
         if image is None or not self.model.has_encoder:
             return None
-        from PIL import Image, ImageOps
+        from .data import image_tensor
 
-        c, size = self.model.config.channels, self.model.config.image_size
-        pil = ImageOps.fit(Image.fromarray(np.asarray(image).astype(np.uint8)).convert("L" if c == 1 else "RGB"), (size, size))
-        x = torch.from_numpy(np.array(pil, dtype=np.float32).reshape(size, size, c) / 255).permute(2, 0, 1)[None]
+        x = image_tensor(image, self.model.config.channels, self.model.config.image_size)[None]
         out = self.model.reconstruct(x.to(self.model.device), self._label(label))[0].float().cpu()
         return np.concatenate([to_display(x[0]), to_display(out)], axis=1)
 
@@ -165,7 +164,7 @@ def build_app(explorer: Explorer):
             go.click(e.interpolate, [seed_a, seed_b, steps, spherical, label], strip)
         if e.model.has_encoder:
             with gr.Tab("Reconstruct"):
-                upload = gr.Image(label="your image", type="numpy")
+                upload = gr.Image(label="your image", type="filepath")
                 recon = gr.Image(label="input | reconstruction", interactive=False, format="png")
                 upload.change(e.reconstruct, [upload, label], recon)
         if e.attributes:

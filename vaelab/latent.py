@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from .data import first_images, load_data
 from .errors import VaelabError
@@ -69,15 +67,12 @@ def resolve_latent(model, spec: str, data_split=None):
 
 def _read_one(path: Path, channels: int, size: int) -> torch.Tensor:
     """One image file -> (1, C, S, S) float in [0, 1]."""
-    import numpy as np
-
-    from .data import decode_image
+    from .data import image_tensor
 
     try:
-        img = decode_image(path, channels, size)
+        return image_tensor(path, channels, size)[None]
     except Exception as exc:
         raise VaelabError(f"cannot read image {path}: {exc}") from None
-    return torch.from_numpy(np.array(img, dtype=np.uint8).reshape(size, size, channels)).permute(2, 0, 1)[None].float() / 255
 
 
 @torch.no_grad()
@@ -205,6 +200,21 @@ def anomaly_scores(model, x: torch.Tensor, method: str = "elbo", k: int = 100, s
     return torch.cat(scores)
 
 
+def read_anomaly_labels(path: Path, names: list[str]) -> torch.Tensor:
+    """The 0/1 labels (len(names),) of the images ``names`` (paths relative to the scored folder) from a CSV of
+    file,label rows with a header (1 = anomalous); a row may name the file by its base name."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))[1:]
+    try:
+        table = {row[0]: int(row[1]) for row in rows if len(row) >= 2}
+    except ValueError as exc:
+        raise VaelabError(f"{path}: a label is not 0 or 1 ({exc}); write rows of file,label") from None
+    missing = [n for n in names if n not in table and Path(n).name not in table]
+    if missing:
+        raise VaelabError(f"{path} has no label for {len(missing)} image(s), e.g. {missing[:3]}")
+    return torch.tensor([table.get(n, table.get(Path(n).name)) for n in names])
+
+
 def roc_auc(scores: torch.Tensor, is_anomaly: torch.Tensor) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -285,12 +295,3 @@ def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: Path, met
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return how
-
-
-def grid_nrow(n: int) -> int:
-    return int(math.ceil(math.sqrt(n)))
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, path, nrow=nrow or grid_nrow(len(images)), padding=1)

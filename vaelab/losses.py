@@ -1,7 +1,10 @@
-"""Loss terms shared by the models. Each returns one value per image, shape (B,), computed in float32.
+"""Loss terms shared by the models, computed in float32.
 
-Reducing over the batch is left to the caller, so the same terms serve training (mean over the batch),
-the ELBO (per image) and the importance-weighted bound (per importance sample).
+The likelihood and image terms return one value per image, shape (B,): reducing over the batch is left to the
+caller, so the same terms serve training (mean over the batch), the ELBO (per image) and the importance-weighted
+bound (per importance sample). The GAN losses at the end are batch means (scalars), named after the objective:
+non-saturating (Goodfellow et al. 2014), Wasserstein (Arjovsky et al. 2017; with ``gradient_penalty``, WGAN-GP)
+and hinge (Lim & Ye 2017).
 """
 
 from __future__ import annotations
@@ -71,3 +74,34 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, *critic_arg
     out = critic(x_hat, *critic_args)
     (grad,) = torch.autograd.grad(out.float().sum(), x_hat, create_graph=True)
     return (grad.float().flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+
+
+def logit_bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Binary cross-entropy of discriminator logits (B,) against a constant target (1: real, 0: fake), averaged
+    over the batch. Scalar."""
+    return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
+
+
+def non_saturating_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """-log D(x) - log(1 - D(G(z))), batch means. Scalar."""
+    return logit_bce(real_logits, 1.0) + logit_bce(fake_logits, 0.0)
+
+
+def non_saturating_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-log D(G(z)), the batch mean (the generator's non-saturating form). Scalar."""
+    return logit_bce(fake_logits, 1.0)
+
+
+def wasserstein_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """E[D(G(z))] - E[D(x)]: minus the critic's estimate of the Wasserstein distance. Scalar."""
+    return fake_scores.float().mean() - real_scores.float().mean()
+
+
+def wasserstein_g_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """-E[D(G(z))]. Scalar."""
+    return -fake_scores.float().mean()
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]. Scalar. (Its generator loss is ``wasserstein_g_loss``.)"""
+    return F.relu(1 - real_logits.float()).mean() + F.relu(1 + fake_logits.float()).mean()

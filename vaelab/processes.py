@@ -1,6 +1,7 @@
-"""Work split across the processes of a ``torchrun`` / ``accelerate launch`` group, for evaluation and sampling.
+"""The processes of a ``torchrun`` / ``accelerate launch`` group: joining it, rank and world, the one rank-0
+decision, seeds, and work split across the processes for evaluation and sampling.
 
-Training splits batches itself (``data.epoch_batches``); this module splits everything after it: a job is a list
+Training splits batches itself (``data.epoch_batches``); ``map_chunks`` splits everything after it: a job is a list
 of numbered chunks, each process computes every ``world``-th chunk, and every process gets all results in chunk
 order. A chunk's randomness is seeded by its number, so the results do not depend on the number of processes.
 """
@@ -21,14 +22,54 @@ def launched_processes() -> int:
 
 
 def rank_and_world() -> tuple[int, int]:
-    """(this process's rank, number of processes); (0, 1) outside a process group."""
+    """(this process's rank, number of processes): the process group's, or before it is joined the launcher's
+    (RANK, WORLD_SIZE); (0, 1) for a plain command."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    return int(os.environ.get("RANK", "0")), launched_processes()
 
 
 def is_main_process() -> bool:
+    """Whether this process is the one that writes files and prints (rank 0)."""
     return rank_and_world()[0] == 0
+
+
+def join_processes(device: str) -> tuple[torch.device, int, int]:
+    """(device, rank, world) from Accelerate's PartialState, which also joins torchrun's process group."""
+    from accelerate import PartialState
+
+    from .errors import ConfigError
+
+    accelerator = torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available())
+    # Accelerate joins torchrun's CPU process group (gloo) only when told cpu=True; with "auto" on a machine
+    # without an accelerator each process would otherwise train alone and all would write the same folder.
+    state = PartialState(cpu=device == "cpu" or (device == "auto" and not accelerator))
+    launched = launched_processes()
+    if state.num_processes != launched:
+        raise ConfigError(f"this is one of {launched} launched processes (WORLD_SIZE={launched}) but only "
+                          f"{state.num_processes} joined the process group on device '{device}'; "
+                          "set --set train.device=cpu (gloo) or use one CUDA GPU per process")
+    if device not in ("auto", "cpu", "cuda"):  # "cuda" alone: Accelerate gives each process its own GPU
+        return torch.device(device), state.process_index, state.num_processes
+    return state.device, state.process_index, state.num_processes
+
+
+def decided_on_main_process(device: str, decide: Callable[[], T]) -> T:
+    """``decide()`` on rank 0, its answer on every process (joining the group on ``device`` if needed): all processes
+    of a launch must use one run folder, and checking for an existing one races with rank 0 creating it."""
+    if launched_processes() == 1:
+        return decide()
+    join_processes(device)
+    answer = [decide() if is_main_process() else None]
+    torch.distributed.broadcast_object_list(answer, src=0)
+    return answer[0]
+
+
+def process_seed(seed: int, rank: int, step: int) -> int:
+    """The noise seed of training process ``rank`` > 0 from optimizer step ``step`` on: the same initial weights on
+    every process (seeded with ``seed``), different noise per process, also after a resume."""
+    return seed + rank + 1_000_003 * step
 
 
 def map_chunks(compute: Callable[[int], T], count: int) -> list[T]:
@@ -36,7 +77,7 @@ def map_chunks(compute: Callable[[int], T], count: int) -> list[T]:
 
     Results must be CPU tensors or plain Python values (they are gathered with ``all_gather_object``).
     """
-    rank, world = rank_and_world()
+    rank, world = _group_rank_and_world()
     mine = {i: compute(i) for i in range(rank, count, world)}
     if world == 1:
         return [mine[i] for i in range(count)]
@@ -51,8 +92,15 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return seed * 1_000_003 + chunk
 
 
+def _group_rank_and_world() -> tuple[int, int]:
+    """(rank, world) of the joined process group; (0, 1) when none is joined (work is then not split)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def barrier() -> None:
-    if rank_and_world()[1] > 1:
+    if _group_rank_and_world()[1] > 1:
         torch.distributed.barrier()
 
 

@@ -192,7 +192,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str = "b
     training, where the run has it, and model.safetensors (the last weights) otherwise; ``"last"`` always takes
     model.safetensors. A run stopped before its weights were written falls back to its newest checkpoint.
     """
-    from .models.base import build_model
+    from .models.registry import build_model
 
     if weights not in ("best", "last"):
         raise RunFolderError(f"weights must be 'best' or 'last', got {weights!r}")
@@ -217,3 +217,26 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str = "b
         raise RunFolderError(f"the weights in {run.path} do not fit its config.yaml ({str(exc).splitlines()[0]})") from None
     model.run_config = cfg
     return model.to(device).eval()
+
+
+def unique_run_dir(base: Path) -> Path:
+    """``base`` if it is free (missing or empty), else the first free ``base-2``, ``base-3``, ..."""
+    base = Path(base)
+    if not base.exists() or not any(base.iterdir()):
+        return base
+    for i in range(2, 10_000):
+        candidate = base.with_name(f"{base.name}-{i}")
+        if not candidate.exists():
+            return candidate
+    raise RunFolderError(f"too many runs named {base}*; pass --out")
+
+
+def new_run_folder(name: str, out: str | Path | None) -> Path:
+    """The folder of a new run: ``out`` when given (an error if it already holds a run), else a free
+    ``runs/<name>``."""
+    if out is None:
+        return unique_run_dir(Path("runs") / name)
+    if RunFolder(out).exists():
+        raise RunFolderError(f"{out} already holds a run; continue it with `vaelab train --resume {out}` or choose "
+                             "another --out")
+    return Path(out)

@@ -257,15 +257,3 @@ def make_extractor(spec: str, inception_weights: str | None = None, download: bo
     if spec == "pixels":
         return PixelExtractor()
     raise VaelabError(f"unknown --features {spec!r}; use classifier:PATH, inception or pixels")
-
-
-class FeatureModule(nn.Module):
-    """Wrap an Extractor as the nn.Module torchmetrics' FID/KID/IS take (features, or logits for IS)."""
-
-    def __init__(self, extractor: Extractor, logits: bool = False, num_features: int = 0):
-        super().__init__()
-        self.extractor, self.use_logits, self.num_features = extractor, logits, num_features
-
-    def forward(self, x):
-        return self.extractor.logits(x) if self.use_logits else self.extractor.features(x)
-

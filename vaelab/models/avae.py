@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..losses import kl_standard_normal
-from .base import GaussianLatentModel, GenerativeModel, register
+from .base import GaussianLatentModel, GenerativeModel
 from .blocks import BeganDecoder, BeganEncoder, ConvDecoder, ConvEncoder
 
 
@@ -180,8 +180,8 @@ class _BeganControlled:
             self.controller.load(state["controller"])
 
 
-@register("avae")
 class AVAE(_BeganControlled, GaussianLatentModel):
+    registry_name = "avae"
     config_class = AVAEConfig
     has_likelihood = False  # trained with L1 and adversarial terms; pixel terms below are an evaluation proxy
 
@@ -271,8 +271,8 @@ class BEGANStarConfig:
         AVAEConfig.validate(self)
 
 
-@register("began_star")
 class BEGANStar(_BeganControlled, GenerativeModel):
+    registry_name = "began_star"
     """BEGAN* (AVAE paper's ablation): L_D = L_d - k L_g, L_G = L_g, e_t = eta L_d - L_g, the PID controller."""
 
     config_class = BEGANStarConfig

@@ -1,17 +1,19 @@
-"""The model contract and the registry.
+"""The model contract.
 
 Every model is an ``nn.Module`` built from its config dataclass. All models have ``decode`` and ``sample``;
 models with an encoder add ``encode``, ``reconstruct``, ``elbo`` and ``log_likelihood``. Each model owns
 its losses and the order of its updates in ``training_step``; the trainer owns devices, precision,
-checkpoints and logs, and hands the model an ``UpdateContext`` whose ``update(loss, optimizer_name)``
-does backward, gradient sync across processes, clipping and the optimizer step.
+checkpoints and logs, and hands the model an ``UpdateContext`` (vaelab/training/updates.py) whose
+``update(loss, optimizer_name)`` / ``update_many({name: loss})`` do backward, gradient sync across processes,
+clipping and the optimizer steps. A model's ``registry_name`` is its ``model.name`` in configs
+(vaelab/models/registry.py).
 Images leave a model as float32 in [0, 1], NCHW.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,58 +21,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import kl_standard_normal, log_normal, log_standard_normal
 
-_REGISTRY: dict[str, type["GenerativeModel"]] = {}
-
-
-def register(name: str):
-    """Class decorator: make a model buildable from configs whose ``model.name`` is ``name``."""
-
-    def wrap(cls):
-        cls.registry_name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def _ensure_models_imported() -> None:
-    from . import avae, cvae, gans, gvae, ssim_vae, vae, vaegan  # noqa: F401  (registration happens on import)
-
-
-def model_names() -> list[str]:
-    _ensure_models_imported()
-    return sorted(_REGISTRY)
-
-
-def model_class(name: str) -> type["GenerativeModel"]:
-    _ensure_models_imported()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model.name {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def model_config_class(name: str) -> type:
-    return model_class(name).config_class
-
-
-def build_model(config) -> "GenerativeModel":
-    return model_class(config.name)(config)
-
-
-class UpdateContext(Protocol):
-    """What the trainer gives ``training_step``."""
-
-    step: int
-
-    def update(self, loss: torch.Tensor, optimizer: str, terms: dict[str, torch.Tensor] | None = None) -> None:
-        """Gradient of ``loss`` for optimizer ``optimizer``'s parameters, sync across processes, clip, step."""
-
-    def update_many(self, losses: dict[str, torch.Tensor], terms: dict[str, torch.Tensor] | None = None) -> None:
-        """All gradients from the current forward pass first, then the optimizer steps in dict order."""
-
-    def mean_over_processes(self, values: torch.Tensor) -> torch.Tensor:
-        """The mean of ``values`` over all training processes: the input of any decision that changes which updates
-        run, so that every process takes the same decision."""
+if TYPE_CHECKING:  # the trainer's side of the contract (vaelab/training/updates.py); models never import it
+    from ..training.updates import UpdateContext
 
 
 class GenerativeModel(nn.Module):
@@ -79,9 +31,6 @@ class GenerativeModel(nn.Module):
     has_encoder: bool = False
     has_likelihood: bool = False  # elbo/log_likelihood are true bounds on log p(x) (not so for an SSIM loss)
     is_conditional: bool = False
-    # train.precision "auto" picks bf16 (on hardware that runs it natively) only for models whose quality in bf16
-    # was measured equal to fp32 (benchmarks/precision_quality.py; RESULTS.md)
-    bf16_by_default: bool = False
 
     def __init__(self, config):
         super().__init__()
@@ -102,7 +51,7 @@ class GenerativeModel(nn.Module):
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
 
-    def training_step(self, batch: dict, ctx: UpdateContext) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: dict, ctx: "UpdateContext") -> dict[str, torch.Tensor]:
         """One training step on ``batch`` (``x``: (B, C, H, W) in [0, 1], ``y``: (B,) or None); returns detached losses."""
         raise NotImplementedError
 

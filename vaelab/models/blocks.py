@@ -21,49 +21,6 @@ def downsampled_sizes(image_size: int, stages: int, padding: int = 1) -> list[in
     return sizes
 
 
-def is_channels_last(t: torch.Tensor) -> bool:
-    """Whether ``t`` is laid out channels-last and not also contiguous NCHW (as when C or H * W is 1)."""
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-
-
-class _FlattenChannelsLast(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.shape = x.shape
-        return x.reshape(x.shape[0], -1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.reshape(ctx.shape).contiguous(memory_format=torch.channels_last)
-
-
-def flatten(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C * H * W) in NCHW order, as ``torch.flatten(x, 1)``. A channels-last ``x`` gets its
-    gradient back channels-last: autograd would hand it an NCHW one, and the elementwise backward before the
-    flatten then mixes layouts, ~15x slower on CPU (0.2 ms of an 11 ms vae-mnist bf16 step)."""
-    if x.dim() == 4 and x.requires_grad and is_channels_last(x):
-        return _FlattenChannelsLast.apply(x)
-    return x.flatten(1)
-
-
-def unflatten_map(flat: torch.Tensor, shape: tuple[int, int, int], net: nn.Module) -> torch.Tensor:
-    """(B, C * H * W) -> (B, C, H, W) for ``net``, channels-last when ``net``'s first conv weight is. A linear
-    layer's output viewed as a map is NCHW, and a channels-last conv given an NCHW input takes a slower
-    mixed-layout kernel (vae-mnist bf16 steps 1.006-1.010x, RESULTS.md session 5)."""
-    x = flat.view(-1, *shape)
-    weight = next((p for p in net.parameters() if p.dim() == 4), None)
-    if weight is not None and is_channels_last(weight):
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-class Flatten(nn.Module):
-    """``nn.Flatten()`` through ``flatten`` above."""
-
-    def forward(self, x):
-        return flatten(x)
-
-
 def norm_2d(kind: str, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if kind == "batch" else nn.Identity()
 
@@ -90,7 +47,7 @@ class ConvEncoder(nn.Module):
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             c_in = width
-        layers.append(Flatten())
+        layers.append(nn.Flatten())
         self.net = nn.Sequential(*layers)
         self.out_features = widths[-1] * self.sizes[-1] ** 2
 
@@ -111,8 +68,8 @@ class ConvDecoder(nn.Module):
         super().__init__()
         sizes = downsampled_sizes(image_size, len(widths), padding)
         act = (lambda: nn.ReLU(inplace=True)) if slope is None else (lambda: nn.LeakyReLU(slope, inplace=True))
-        self.start_shape = (widths[-1], sizes[-1], sizes[-1])
         self.fc = nn.Sequential(nn.Linear(in_features, widths[-1] * sizes[-1] ** 2), act())
+        self.to_map = nn.Unflatten(1, (widths[-1], sizes[-1], sizes[-1]))
         layers: list[nn.Module] = []
         rev = list(reversed(widths))
         for i, width in enumerate(rev):
@@ -127,7 +84,7 @@ class ConvDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
-        return self.net(unflatten_map(self.fc(z), self.start_shape, self.net))
+        return self.net(self.to_map(self.fc(z)))
 
 
 def one_hot_channels(y: torch.Tensor, num_classes: int, size: int) -> torch.Tensor:
@@ -180,7 +137,7 @@ class BeganEncoder(nn.Module):
             if level < levels:  # strided subsampling to the next level's width
                 layers += [nn.Conv2d(c, n * (level + 2), 3, 2, 1), nn.ELU()]
                 c = n * (level + 2)
-        self.net = nn.Sequential(*layers, Flatten())
+        self.net = nn.Sequential(*layers, nn.Flatten())
         self.fc = nn.Linear(c * base * base, code_dim)
 
     def forward(self, x):
@@ -195,6 +152,7 @@ class BeganDecoder(nn.Module):
         self.base = began_levels(image_size, levels)
         self.n = n
         self.fc = nn.Linear(code_dim, n * self.base * self.base)
+        self.to_map = nn.Unflatten(1, (n, self.base, self.base))
         layers: list[nn.Module] = []
         for level in range(levels + 1):
             layers += [nn.Conv2d(n, n, 3, 1, 1), nn.ELU(), nn.Conv2d(n, n, 3, 1, 1), nn.ELU()]
@@ -203,4 +161,4 @@ class BeganDecoder(nn.Module):
         self.net = nn.Sequential(*layers, nn.Conv2d(n, channels, 3, 1, 1))
 
     def forward(self, code):
-        return self.net(unflatten_map(self.fc(code), (self.n, self.base, self.base), self.net))
+        return self.net(self.to_map(self.fc(code)))

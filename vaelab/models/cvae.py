@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from .base import register
 from .blocks import one_hot_channels
 from .vae import VAE, VAEConfig
 
@@ -33,8 +32,8 @@ class CVAEConfig(VAEConfig):
             raise ConfigError("the conditional VAE uses model.arch=dcgan")
 
 
-@register("cvae")
 class CVAE(VAE):
+    registry_name = "cvae"
     config_class = CVAEConfig
     is_conditional = True
 

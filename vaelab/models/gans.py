@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import gradient_penalty
-from .base import GenerativeModel, register
+from ..losses import (gradient_penalty, non_saturating_d_loss, non_saturating_g_loss, wasserstein_critic_loss,
+                      wasserstein_g_loss)
+from .base import GenerativeModel
 from .blocks import ConvDecoder, ConvEncoder
 
 
@@ -89,8 +90,8 @@ class Discriminator(nn.Module):
         return self.real_fake(h).squeeze(1), self.classes(h)
 
 
-@register("dcgan")
 class DCGAN(GenerativeModel):
+    registry_name = "dcgan"
     config_class = DCGANConfig
 
     def __init__(self, config):
@@ -119,13 +120,10 @@ class DCGAN(GenerativeModel):
 
     def discriminator_loss(self, real, fake, y_real, y_fake) -> dict[str, torch.Tensor]:
         d_real, d_fake = self.discriminator(real), self.discriminator(fake)
-        loss = F.binary_cross_entropy_with_logits(d_real.float(), torch.ones_like(d_real, dtype=torch.float32)) + \
-            F.binary_cross_entropy_with_logits(d_fake.float(), torch.zeros_like(d_fake, dtype=torch.float32))
-        return {"d_loss": loss, "d_real": torch.sigmoid(d_real.float()).mean(), "d_fake": torch.sigmoid(d_fake.float()).mean()}
+        return {"d_loss": non_saturating_d_loss(d_real, d_fake), "d_real": torch.sigmoid(d_real.float()).mean(), "d_fake": torch.sigmoid(d_fake.float()).mean()}
 
     def generator_loss(self, fake, y_fake) -> dict[str, torch.Tensor]:
-        d_fake = self.discriminator(fake).float()
-        return {"g_loss": F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))}
+        return {"g_loss": non_saturating_g_loss(self.discriminator(fake))}
 
     def generator_updates_at(self, step: int) -> bool:
         return True
@@ -147,25 +145,24 @@ class DCGAN(GenerativeModel):
 
 
 
-@register("wgan_gp")
 class WGANGP(DCGAN):
+    registry_name = "wgan_gp"
     config_class = WGANGPConfig
 
     def discriminator_loss(self, real, fake, y_real, y_fake):
-        d_real, d_fake = self.discriminator(real).float().mean(), self.discriminator(fake).float().mean()
+        critic = wasserstein_critic_loss(self.discriminator(real), self.discriminator(fake))
         penalty = gradient_penalty(self.discriminator, real, fake)
-        return {"d_loss": d_fake - d_real + self.config.gp_weight * penalty,
-                "wasserstein": d_real - d_fake, "gradient_penalty": penalty}
+        return {"d_loss": critic + self.config.gp_weight * penalty, "wasserstein": -critic, "gradient_penalty": penalty}
 
     def generator_loss(self, fake, y_fake):
-        return {"g_loss": -self.discriminator(fake).float().mean()}
+        return {"g_loss": wasserstein_g_loss(self.discriminator(fake))}
 
     def generator_updates_at(self, step: int) -> bool:
         return (step + 1) % self.config.n_critic == 0
 
 
-@register("acgan")
 class ACGAN(DCGAN):
+    registry_name = "acgan"
     config_class = ACGANConfig
     is_conditional = True
 
@@ -181,8 +178,7 @@ class ACGAN(DCGAN):
     def discriminator_loss(self, real, fake, y_real, y_fake):
         s_real, c_real = self.discriminator.both(real)
         s_fake, c_fake = self.discriminator.both(fake)
-        source = F.binary_cross_entropy_with_logits(s_real.float(), torch.ones_like(s_real, dtype=torch.float32)) + \
-            F.binary_cross_entropy_with_logits(s_fake.float(), torch.zeros_like(s_fake, dtype=torch.float32))  # -L_S
+        source = non_saturating_d_loss(s_real, s_fake)  # -L_S
         classes = F.cross_entropy(c_real.float(), y_real)  # -L_C
         if self.config.classify_fakes:
             classes = classes + F.cross_entropy(c_fake.float(), y_fake)
@@ -192,6 +188,6 @@ class ACGAN(DCGAN):
 
     def generator_loss(self, fake, y_fake):
         s_fake, c_fake = self.discriminator.both(fake)
-        source = F.binary_cross_entropy_with_logits(s_fake.float(), torch.ones_like(s_fake, dtype=torch.float32))
+        source = non_saturating_g_loss(s_fake)
         classes = F.cross_entropy(c_fake.float(), y_fake)
         return {"g_loss": source + self.config.class_weight * classes, "g_source": source, "g_class": classes}

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import bernoulli_nll, gaussian_nll, gradient_penalty, kl_standard_normal
-from .base import GaussianLatentModel, register
-from .blocks import Flatten, ResBlock, unflatten_map
+from ..losses import (bernoulli_nll, gaussian_nll, gradient_penalty, kl_standard_normal, wasserstein_critic_loss,
+                      wasserstein_g_loss)
+from .base import GaussianLatentModel
+from .blocks import ResBlock
 
 
 @dataclass
@@ -62,8 +63,8 @@ class GVAEGenerator(nn.Module):
 
     def __init__(self, latent_dim, channels, image_size, stem, widths, dropout):
         super().__init__()
-        self.start = (stem, image_size // 4, image_size // 4)
         self.fc = nn.Linear(latent_dim, stem * (image_size // 4) ** 2)
+        self.to_map = nn.Unflatten(1, (stem, image_size // 4, image_size // 4))
         layers: list[nn.Module] = []
         c = stem
         for i, width in enumerate(widths):
@@ -75,7 +76,7 @@ class GVAEGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
-        return self.net(unflatten_map(self.fc(z), self.start, self.net))
+        return self.net(self.to_map(self.fc(z)))
 
 
 class GVAECritic(nn.Module):
@@ -90,15 +91,15 @@ class GVAECritic(nn.Module):
             c, size = width, size // 2
         if size < 1:
             raise ConfigError(f"{len(widths)} critic poolings do not fit {image_size} px; use fewer model.critic_widths")
-        self.net = nn.Sequential(*layers, nn.LeakyReLU(0.2), Flatten())
+        self.net = nn.Sequential(*layers, nn.LeakyReLU(0.2), nn.Flatten())
         self.fc = nn.Linear(c * size * size, 1)
 
     def forward(self, x):
         return self.fc(self.net(x)).squeeze(1)
 
 
-@register("gvae")
 class GVAE(GaussianLatentModel):
+    registry_name = "gvae"
     config_class = GVAEConfig
 
     def __init__(self, config: GVAEConfig):
@@ -109,7 +110,7 @@ class GVAE(GaussianLatentModel):
         for width in c.encoder_widths:
             layers += [nn.Conv2d(ch, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.LeakyReLU(0.2, inplace=True)]
             ch, size = width, (size + 1) // 2
-        self.encoder = nn.Sequential(*layers, Flatten())
+        self.encoder = nn.Sequential(*layers, nn.Flatten())
         self.to_moments = nn.Linear(ch * size * size, 2 * c.latent_dim)
         self.generator = GVAEGenerator(c.latent_dim, c.channels, c.image_size, c.stem_channels, c.generator_widths, c.dropout)
         self.critic = GVAECritic(c.channels, c.image_size, c.critic_widths, c.dropout)
@@ -140,9 +141,9 @@ class GVAE(GaussianLatentModel):
         real images and x_p. Scalars: ``critic_loss``, ``wasserstein``, ``gradient_penalty``."""
         # one pass over the three batches (the critic has no BatchNorm, so this is the same function)
         d_real, d_tilde, d_p = self.critic(torch.cat([x, x_tilde.detach(), x_p.detach()])).float().split(x.shape[0])
-        d_real, d_fake = d_real.mean(), 0.5 * (d_tilde.mean() + d_p.mean())
+        critic = wasserstein_critic_loss(d_real, 0.5 * (d_tilde.mean() + d_p.mean()))
         penalty = gradient_penalty(self.critic, x, x_p)
-        return {"critic_loss": d_fake - d_real + self.config.gp_weight * penalty, "wasserstein": d_real - d_fake,
+        return {"critic_loss": critic + self.config.gp_weight * penalty, "wasserstein": -critic,
                 "gradient_penalty": penalty}
 
     def training_step(self, batch, ctx):
@@ -161,7 +162,7 @@ class GVAE(GaussianLatentModel):
         ctx.update(terms["critic_loss"], "critic", terms)
         nll = self.nll(out_tilde, x).mean()
         kl = kl_standard_normal(mu, logvar).mean()
-        adv = -0.5 * self.critic(torch.cat([x_tilde, x_p])).float().mean()  # the mean of both fakes' scores
+        adv = 0.5 * wasserstein_g_loss(self.critic(torch.cat([x_tilde, x_p])))  # the mean of both fakes' scores
         vae_loss = nll + kl + c.adv_weight * adv
         ctx.update(vae_loss, "vae", {"nll": nll, "kl": kl, "g_adv": adv})
         return {**{k: v.detach() for k, v in terms.items()},

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..losses import colour_loss, kl_standard_normal, ssim_loss
-from .base import GaussianLatentModel, register
+from .base import GaussianLatentModel
 from .blocks import ConvDecoder, ConvEncoder
 
 
@@ -58,8 +58,8 @@ class SSIMVAEConfig:
                               "lower it (3-7 for 28 px digits)")
 
 
-@register("ssim_vae")
 class SSIMVAE(GaussianLatentModel):
+    registry_name = "ssim_vae"
     config_class = SSIMVAEConfig
 
     def __init__(self, config: SSIMVAEConfig):

@@ -19,8 +19,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..losses import bernoulli_nll, gaussian_nll, kl_standard_normal
-from .base import GaussianLatentModel, register
-from .blocks import ConvDecoder, ConvEncoder, Flatten
+from .base import GaussianLatentModel
+from .blocks import ConvDecoder, ConvEncoder
 
 
 @dataclass
@@ -66,7 +66,7 @@ class WSS18Encoder(nn.Module):
         layers: list[nn.Module] = []
         for c_in, stride in ((1, 2), (64, 2), (64, 1)):
             layers += [nn.Conv2d(c_in, 64, 4, stride, 2), nn.LeakyReLU(slope), nn.Dropout(dropout)]
-        self.net = nn.Sequential(*layers, Flatten())  # 28 -> 15 -> 8 -> 9; 64 * 9 * 9 = 5184
+        self.net = nn.Sequential(*layers, nn.Flatten())  # 28 -> 15 -> 8 -> 9; 64 * 9 * 9 = 5184
         self.out_features = 5184
 
     def forward(self, x):
@@ -87,7 +87,7 @@ class WSS18Decoder(nn.Module):
             nn.ConvTranspose2d(1, 64, 4, 2, 1), nn.ReLU(),  # 7 -> 14
             nn.ConvTranspose2d(64, 64, 4, 1, 1), nn.ReLU(),  # 14 -> 15
             nn.ConvTranspose2d(64, 64, 4, 1, 2), nn.ReLU(),  # 15 -> 14
-            Flatten(),
+            nn.Flatten(),
             nn.Linear(64 * 14 * 14, 784),
         )
 
@@ -95,10 +95,9 @@ class WSS18Decoder(nn.Module):
         return self.deconv(self.fc(z).view(-1, 1, 7, 7)).view(-1, 1, 28, 28)
 
 
-@register("vae")
 class VAE(GaussianLatentModel):
+    registry_name = "vae"
     config_class = VAEConfig
-    bf16_by_default = True  # vae-mnist test ELBO, 3 seeds: fp32 -107.82 +- 0.33, bf16 -107.87 +- 0.59
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)

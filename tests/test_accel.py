@@ -1,4 +1,5 @@
-"""The bf16 CPU conv rewrites (patch-GEMM weight gradients, cropped output padding) give the convolutions' results."""
+"""vaelab.accel: the bf16 CPU conv rewrites (patch-GEMM weight gradients, cropped output padding) give the
+convolutions' results, and channels-last models keep their maps and gradients in that layout."""
 
 import copy
 
@@ -7,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import vaelab.models.cpu_bf16_convs as cbc
-from vaelab.models.cpu_bf16_convs import patch_gemm_weight_grad, use_cpu_bf16_convs
+import vaelab.accel.cpu_bf16_convs as cbc
+from vaelab.accel.cpu_bf16_convs import patch_gemm_weight_grad, use_cpu_bf16_convs
+from vaelab.accel.layout import ChannelsLastFlatten, use_channels_last
 
 # (layer, input size): the strided convs of the presets (4x4 stride 2, padding 1 and 2), a 3x3 BEGAN conv,
 # transposed convs with and without output_padding, a rectangular kernel
@@ -116,7 +118,7 @@ def test_output_padding_by_cropping_is_the_padded_transposed_conv(size, output_p
     if channels_last:
         x, layer = x.contiguous(memory_format=torch.channels_last), layer.to(memory_format=torch.channels_last)
     expected = layer(x)
-    got = cbc._Conv.apply(x, layer.weight, layer.bias, layer.stride, layer.padding, True, layer.output_padding, False)
+    got = cbc.ConvFunction.apply(x, layer.weight, layer.bias, layer.stride, layer.padding, True, layer.output_padding, False)
     assert paddings[-1] == ()  # the function ran the conv unpadded
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
@@ -128,8 +130,8 @@ def test_output_padded_transposed_convs_take_the_cropped_forward_on_any_map_in_b
     native gradients; an unpadded transposed conv on that map stays native."""
     torch.manual_seed(0)
     applied, calls = [], []
-    original = cbc._Conv.apply
-    monkeypatch.setattr(cbc._Conv, "apply", lambda *a: applied.append(1) or original(*a))
+    original = cbc.ConvFunction.apply
+    monkeypatch.setattr(cbc.ConvFunction, "apply", lambda *a: applied.append(1) or original(*a))
     monkeypatch.setattr(cbc, "patch_gemm_weight_grad", lambda *a: calls.append(1) or patch_gemm_weight_grad(*a))
     for output_padding, expected in ((1, [1]), (0, [])):
         applied.clear()
@@ -139,3 +141,53 @@ def test_output_padded_transposed_convs_take_the_cropped_forward_on_any_map_in_b
         assert_same_bf16_gradients(native, fast, torch.randn(8, 5, 7, 7))
         assert applied == expected
     assert calls == []
+
+
+def test_channels_last_decoders_hand_their_first_conv_a_channels_last_start_map():
+    from vaelab.models.blocks import BeganDecoder, ConvDecoder
+    from vaelab.models.gvae import GVAEGenerator
+
+    torch.manual_seed(0)
+    z = torch.randn(4, 8, dtype=torch.float64)
+    for make in (lambda: ConvDecoder(8, 1, 28, [8, 16, 32]), lambda: BeganDecoder(8, 1, 16, 8, 1),
+                 lambda: GVAEGenerator(8, 1, 16, 8, [8, 8, 8], 0.0)):
+        torch.manual_seed(1)
+        decoder = make().double().eval()
+        reference = decoder(z)
+        first_conv = next(m for m in decoder.net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d))
+        seen = []
+        first_conv.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        use_channels_last(decoder)
+        out = decoder(z)
+        assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()
+        torch.testing.assert_close(out, reference)  # the same map, only its layout differs
+
+
+def test_flatten_keeps_nchw_order_and_hands_channels_last_maps_a_channels_last_gradient():
+    flatten = ChannelsLastFlatten()
+    torch.manual_seed(0)
+    base = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    weight = torch.randn(3, 100, dtype=torch.float64)
+    grads = {}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = base.clone().contiguous(memory_format=layout).requires_grad_()
+        out = flatten(x)
+        assert torch.equal(out, base.flatten(1))  # the same features in the same order as nn.Flatten
+        (grads[layout],) = torch.autograd.grad((out * weight).sum(), x)
+        assert grads[layout].is_contiguous(memory_format=layout)  # the layout of the map it came from
+    torch.testing.assert_close(grads[torch.channels_last], grads[torch.contiguous_format])
+    # a gradient penalty differentiates the flatten's backward again
+    x = base.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    penalties = []
+    for fn in (flatten, lambda t: t.flatten(1)):
+        (g,) = torch.autograd.grad((fn(x * x) * weight).sum(), x, create_graph=True)
+        penalties.append(torch.autograd.grad(g.pow(2).sum(), x)[0])
+    torch.testing.assert_close(penalties[0], penalties[1])
+
+
+def test_without_the_private_engine_query_every_conv_stays_native(monkeypatch):
+    """The rewrites rely on a private torch call; a torch without it trains on torch's own convolutions."""
+    monkeypatch.delattr(torch._C, "_will_engine_execute_node")
+    model = nn.Sequential(nn.Conv2d(1, 4, 4, 2, 1), nn.ConvTranspose2d(4, 1, 4, 2, 1, output_padding=1))
+    assert not cbc.available() and use_cpu_bf16_convs(model) == 0
+    assert [type(m) for m in model] == [nn.Conv2d, nn.ConvTranspose2d]

@@ -1,21 +1,18 @@
-"""Two rewrites of 2-d convolutions for bf16 training on CPU, where oneDNN picks slow kernels.
+"""Two rewrites of 2-d convolutions for bf16 training on CPU, where oneDNN picks slow kernels (the measurements
+are in benchmarks/RESULTS.md, "CPU bf16 convolutions").
 
-1. Weight gradients on small maps as one matrix product over strided patches. oneDNN's backward-weights kernel
-   is slow when the map it reduces over is tiny: the last 4x4 stride-2 conv of a 28 px encoder (64 -> 128
-   channels, 7x7 -> 3x3) takes 1.1 ms in bf16 and the VAE-GAN discriminator's 256 -> 256 conv on a 3x3 map 4.8 ms,
-   where the same gradient written as patches^T @ grad_output (one GEMM, the patches a strided view of the
-   channels-last input) takes 0.34 ms and 0.38 ms (benchmarks/RESULTS.md, "Patch-GEMM weight gradients"). Used for
-   maps of at most ``MAX_POSITIONS`` positions; forward and input gradients stay oneDNN's.
+1. Weight gradients on small maps as one matrix product over strided patches (patches^T @ grad_output, the patches
+   a strided view of the channels-last input): oneDNN's backward-weights kernel is slow when the map it reduces
+   over is tiny (the last 4x4 stride-2 conv of a 28 px encoder, a discriminator's conv on a 3x3 map). Used for maps
+   of at most ``MAX_POSITIONS`` positions; forward and input gradients stay oneDNN's.
 2. Transposed convs with ``output_padding`` (a 28 px decoder's 3x3 -> 7x7) run on oneDNN's generic
-   jit_deconvolution kernel (0.51 ms for 128 -> 64 channels); the same conv without padding (8x8) runs on the
-   brgemm kernel, and cropping it to the padded output is the same result in 0.32 ms (RESULTS.md, session 4).
-   Its backward keeps the original geometry.
+   jit_deconvolution kernel; the same conv without padding runs on the brgemm kernel, and cropping it to the padded
+   output gives the same result. Its backward keeps the original geometry.
 
 ``use_cpu_bf16_convs`` switches a model's convs to the classes below, which take these paths in bf16 on CPU while
-training and are plain ``nn.Conv2d`` / ``nn.ConvTranspose2d`` otherwise (fp32 measured no faster: the fp32 GEMM is
-slow too, and the unpadded fp32 transposed conv is slower than the padded one). The choices are fixed rules, not
-per-run timings, so that runs, resumed runs and processes stay bit-identical. Double backward (gradient
-penalties) takes the native weight-gradient path, which autograd can differentiate.
+training and are plain ``nn.Conv2d`` / ``nn.ConvTranspose2d`` otherwise (in fp32 neither rewrite is faster). The
+choices are fixed rules, not per-run timings, so that runs, resumed runs and processes stay bit-identical. Double
+backward (gradient penalties) takes the native weight-gradient path, which autograd can differentiate.
 """
 
 from __future__ import annotations
@@ -24,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import is_channels_last
+from .layout import is_channels_last
 
-# The strided side's map (conv output, transposed-conv input) at most this many positions: 3x3 and 4x4 maps.
-# Measured in bf16: patch GEMM 1.5-12x faster at 1-9 positions, mixed at 7x7, slower at 14x14.
+# The strided side's map (conv output, transposed-conv input) at most this many positions: 3x3 and 4x4 maps
+# (faster there in bf16; mixed at 7x7 and slower at 14x14)
 MAX_POSITIONS = 16
 
 
@@ -78,7 +75,10 @@ def _output_padding_by_cropping(transposed: bool, padding, output_padding) -> bo
     return transposed and any(output_padding) and all(o <= p for o, p in zip(output_padding, padding))
 
 
-class _Conv(torch.autograd.Function):
+class ConvFunction(torch.autograd.Function):
+    """conv2d / conv_transpose2d with the two rewrites: the cropped forward of an output-padded transposed conv and,
+    when ``patch_weight_grad``, the patch-GEMM weight gradient."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, transposed, output_padding, patch_weight_grad):
         ctx.save_for_backward(x, weight)
@@ -131,7 +131,7 @@ def _forward(module: nn.Module, x: torch.Tensor, output_size=None) -> torch.Tens
     weight, bias = module.weight, module.bias
     autocast = torch.is_autocast_enabled("cpu")
     if (torch.get_autocast_dtype("cpu") if autocast else weight.dtype) != torch.bfloat16:
-        return native(module, x)  # fp32: both rewrites measured no faster
+        return native(module, x)  # fp32: neither rewrite is faster
     if autocast:  # cast as autocast would, then run the function outside it
         x, weight = x.to(torch.bfloat16), weight.to(torch.bfloat16)
         bias = None if bias is None else bias.to(torch.bfloat16)
@@ -140,7 +140,7 @@ def _forward(module: nn.Module, x: torch.Tensor, output_size=None) -> torch.Tens
     x, weight, bias = (t.view_as(t) if t is not None and t.requires_grad and t.grad_fn is None else t
                        for t in (x, weight, bias))
     with torch.autocast("cpu", enabled=False):
-        return _Conv.apply(x, weight, bias, module.stride, module.padding, transposed, output_padding, patch)
+        return ConvFunction.apply(x, weight, bias, module.stride, module.padding, transposed, output_padding, patch)
 
 
 class CpuBf16Conv2d(nn.Conv2d):
@@ -160,10 +160,19 @@ class CpuBf16ConvTranspose2d(nn.ConvTranspose2d):
 _CLASSES = {nn.Conv2d: CpuBf16Conv2d, nn.ConvTranspose2d: CpuBf16ConvTranspose2d}
 
 
+def available() -> bool:
+    """Whether this torch has the engine query ``_wanted`` relies on (a private call, present in the tested torch);
+    without it the rewrites stay off and every conv takes torch's own path."""
+    return hasattr(torch._C, "_will_engine_execute_node")
+
+
 def use_cpu_bf16_convs(model: nn.Module) -> int:
     """Switch every plain 2-d conv of ``model`` (groups 1, dilation 1, zero padding) to the classes above, in place;
-    returns how many were switched. Parameters, names and checkpoints are unchanged."""
+    returns how many were switched (0 where this torch lacks what they need: ``available``). Parameters, names and
+    checkpoints are unchanged."""
     switched = 0
+    if not available():
+        return switched
     for module in model.modules():
         target = _CLASSES.get(type(module))
         if target and module.groups == 1 and module.dilation == (1, 1) and module.padding_mode == "zeros" \

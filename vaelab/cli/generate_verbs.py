@@ -1,0 +1,67 @@
+"""Verbs that draw from a trained run: `sample` (grids, arrays, folders of synthetic data), `reconstruct`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app, fail, user_errors
+
+
+@app.command()
+@user_errors
+def sample(
+    run: Path = typer.Argument(..., help="run folder"),
+    num: int = typer.Option(64, "--num", "-n", help="number of images"),
+    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help=".png grid, .npz (images float32 NCHW in [0,1]), or a folder (no extension) for PNG files"),
+    seed: int = typer.Option(0, "--seed"),
+    label: Optional[int] = typer.Option(None, "--label", help="class to draw (conditional models)"),
+    batch_size: int = typer.Option(500, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+    weights: str = typer.Option("best", "--weights", help="best: the epoch whose samples scored best in training "
+                                "(model-best.safetensors); last: the final weights (model.safetensors)"),
+):
+    """Draw images from the model's prior."""
+    from .. import load
+    from ..sampling import check_export_path, draw, export, labels_for
+
+    check_export_path(out)
+    model = load(run, device=device, weights=weights)
+    labels = labels_for(model, num, label)
+    images = draw(model, num, seed, labels, batch_size)
+    export(images, labels, out, grid_columns=model.config.num_classes if labels is not None and label is None else None)
+    typer.echo(f"wrote {num} samples to {out}")
+
+
+@app.command()
+@user_errors
+def reconstruct(
+    run: Path = typer.Argument(..., help="run folder"),
+    num: int = typer.Option(16, "--num", "-n", help="number of test images"),
+    out: Path = typer.Option(Path("reconstructions.png"), "--out", "-o", help=".png grid: originals above reconstructions"),
+    images: Optional[Path] = typer.Option(None, "--images", help="a folder of your own images instead of the run's test split"),
+    device: str = typer.Option("cpu", "--device"),
+):
+    """Encode and decode test images (or your own) and save originals beside reconstructions."""
+    from .. import load
+    from ..data import load_data, read_image_files, spaced_images
+    from ..grids import originals_over_reconstructions, save_grid
+
+    model = load(run, device=device)
+    if not model.has_encoder:
+        fail(f"{model.registry_name} has no encoder, so it cannot reconstruct images")
+    if images is not None:
+        if model.is_conditional:
+            fail("a conditional model needs labels to reconstruct; use the run's own test split (drop --images)")
+        x, _ = read_image_files(images, model.config.channels, model.config.image_size, limit=num)
+        y = None
+    else:
+        x, labels = spaced_images(load_data(model.run_config.data).test, num)  # spread over the classes
+        y = labels.to(device) if model.is_conditional else None
+    recon = model.reconstruct(x.to(device), y).float().cpu()
+    grid, per_row = originals_over_reconstructions(x, recon)
+    save_grid(grid, out, nrow=per_row)
+    mse = float((recon - x).pow(2).mean())
+    typer.echo(f"wrote {len(x)} originals and reconstructions to {out} (per-pixel MSE {mse:.5f})")

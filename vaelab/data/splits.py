@@ -1,0 +1,117 @@
+"""The in-memory form of every dataset: two ``ImageSet`` splits (train, test) in a ``DataSplits``.
+
+An ImageSet either holds all its images as one uint8 tensor ``(N, C, H, W)`` (decoded once; batches are plain
+tensor indexing), or, for sets too large for memory, a ``stream`` dataset that decodes per item inside DataLoader
+workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import DataConfig
+from ..errors import DataError
+
+
+@dataclass
+class ImageSet:
+    """One split. ``images``: uint8 (N, C, H, W) when in memory; else ``stream`` yields (uint8 CHW, label)."""
+
+    images: torch.Tensor | None = None
+    labels: torch.Tensor | None = None  # int64 (N,), or None when the data have no classes
+    attributes: torch.Tensor | None = None  # float32 (N, A) from a labels CSV or CelebA
+    stream: torch.utils.data.Dataset | None = None
+    num_items: int = 0
+
+    def __len__(self) -> int:
+        return self.images.shape[0] if self.images is not None else self.num_items
+
+
+@dataclass
+class DataSplits:
+    train: ImageSet
+    test: ImageSet
+    channels: int
+    image_size: int
+    class_names: list[str] = field(default_factory=list)
+    attribute_names: list[str] = field(default_factory=list)
+    description: str = ""
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def holdout_split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The split used for embedded and folder data: test = indices with ``i % 5 == 4``."""
+    idx = np.arange(n)
+    test = idx[idx % 5 == 4]
+    if len(test) == 0:  # fewer than 5 images: hold out the last one rather than nothing
+        test = idx[-1:]
+    return idx[idx % 5 != 4] if n >= 5 else idx, test
+
+
+def subset(images: torch.Tensor, labels, attributes, idx) -> ImageSet:
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    return ImageSet(
+        images=images[idx].contiguous(),
+        labels=None if labels is None else labels[idx],
+        attributes=None if attributes is None else attributes[idx],
+    )
+
+
+def reshape_uint8(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """Convert uint8 (N, C, H, W) to ``channels`` and resize (shorter side) + centre-crop to ``size``."""
+    if images.shape[1] == 1 and channels == 3:
+        images = images.expand(-1, 3, -1, -1)
+    elif images.shape[1] == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        images = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
+        return images.contiguous()
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    out = []
+    for chunk in images.split(1024):
+        resized = F.interpolate(chunk.float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        out.append(resized[..., top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out).contiguous()
+
+
+def from_arrays(images: torch.Tensor, labels, cfg: DataConfig, class_names, description) -> DataSplits:
+    """uint8 images (N, C, H, W) and labels (N,) -> splits at the config's channels and size (``holdout_split``)."""
+    channels = cfg.channels or images.shape[1]
+    size = cfg.image_size or images.shape[-1]
+    images = reshape_uint8(images, channels, size)
+    train_idx, test_idx = holdout_split(images.shape[0])
+    return DataSplits(
+        train=subset(images, labels, None, train_idx),
+        test=subset(images, labels, None, test_idx),
+        channels=channels,
+        image_size=size,
+        class_names=class_names,
+        description=description,
+    )
+
+
+def keep_classes(data: DataSplits, keep: list[int]) -> DataSplits:
+    """Only the images whose label is in ``keep`` (labels keep their original numbers)."""
+    if data.train.labels is None:
+        raise DataError(f"data.include_classes needs class labels, and {data.description} has none")
+    for part in ("train", "test"):
+        split = getattr(data, part)
+        if split.images is None:
+            raise DataError("data.include_classes works on datasets held in memory")
+        mask = torch.isin(split.labels, torch.tensor(keep))
+        setattr(data, part, subset(split.images, split.labels, split.attributes, mask.nonzero().flatten()))
+    if len(data.train) == 0:
+        raise DataError(f"data.include_classes={keep} keeps no images; classes are 0..{data.num_classes - 1}")
+    data.description += f", classes {keep} only"
+    return data

@@ -1,0 +1,84 @@
+"""Drawing images from a trained model and writing them out: a grid, an .npz array, or a folder of PNG files
+(with labels.csv for a conditional model), the synthetic data a user exports."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import VaelabError
+from .grids import grid_nrow, save_grid
+
+EXPORT_SUFFIXES = ("", ".png", ".jpg", ".jpeg", ".npz")
+
+
+def labels_for(model, num: int, label: int | None) -> torch.Tensor | None:
+    """The labels (num,) of ``num`` draws: ``label`` for all, or the classes in turn; None for an unconditional
+    model (where ``label`` is an error)."""
+    if not model.is_conditional:
+        if label is not None:
+            raise VaelabError(f"--label needs a conditional model; {model.registry_name} is not conditional")
+        return None
+    k = model.config.num_classes
+    if label is not None:
+        if not 0 <= label < k:
+            raise VaelabError(f"--label {label} is out of range: this model has classes 0..{k - 1}")
+        return torch.full((num,), label, dtype=torch.long)
+    return torch.arange(num) % k
+
+
+def draw(model, num: int, seed: int, labels: torch.Tensor | None = None, batch_size: int = 500) -> torch.Tensor:
+    """``num`` samples (num, C, H, W) float32 in [0, 1] on the CPU, in batches, from one seeded generator."""
+    if num < 1:
+        raise VaelabError("--num must be at least 1")
+    generator = torch.Generator().manual_seed(seed)
+    chunks = []
+    for start in range(0, num, batch_size):
+        y = None if labels is None else labels[start : start + batch_size].to(model.device)
+        chunks.append(model.sample(min(batch_size, num - start), y=y, generator=generator).float().cpu())
+    return torch.cat(chunks)
+
+
+def check_export_path(out: Path) -> None:
+    if Path(out).suffix.lower() not in EXPORT_SUFFIXES:
+        raise VaelabError(f"--out {out}: write a .png or .jpg grid, an .npz file, or a folder name without an "
+                          "extension")
+
+
+def export(images: torch.Tensor, labels: torch.Tensor | None, out: Path, grid_columns: int | None = None) -> None:
+    """Write ``images`` (N, C, H, W) in [0, 1] to ``out``: a folder (no extension) of PNG files in shards of 1,000
+    with labels.csv; an .npz with ``images`` float32 NCHW (and ``labels``); or a grid image of ``grid_columns``
+    images per row."""
+    out = Path(out)
+    check_export_path(out)
+    if out.suffix == "" or out.is_dir():
+        write_png_folder(images, labels, out)
+    elif out.suffix.lower() == ".npz":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"images": images.numpy().astype(np.float32)}
+        if labels is not None:
+            arrays["labels"] = labels.numpy()
+        np.savez(out, **arrays)
+    else:
+        save_grid(images, out, nrow=grid_columns or grid_nrow(len(images)))
+
+
+def write_png_folder(images: torch.Tensor, labels: torch.Tensor | None, out: Path, shard: int = 1000) -> None:
+    from torchvision.utils import save_image
+    from tqdm.auto import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, img in enumerate(tqdm(images, desc=f"writing PNGs to {out}", unit="img", disable=len(images) < 1000)):
+        name = f"{i // shard:05d}/{i:07d}.png"
+        (out / name).parent.mkdir(exist_ok=True)
+        save_image(img, out / name)
+        rows.append((name, None if labels is None else int(labels[i])))
+    if labels is not None:
+        with open(out / "labels.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["file", "label"])
+            writer.writerows(rows)

@@ -1,0 +1,91 @@
+"""Training state for exact resume: what a checkpoint holds, and putting it back.
+
+Resume is exact on CPU: each epoch's batch order is a pure function of (seed, epoch), the checkpoint keeps the
+position inside the epoch and the RNG states, and evaluation runs under a forked RNG so it never shifts the
+training randomness. The run folder (``run.RunFolder``) writes checkpoints atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import RunFolderError
+
+# The layout of the dict below; a checkpoint of a newer layout is refused with a message instead of misread.
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class Position:
+    """Where training is: ``step`` optimizer steps done; ``batch`` batches done inside epoch ``epoch``."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+def training_state(model, optimizers: dict, scalers: dict, pos: Position, elapsed: float) -> dict:
+    """Everything resume needs: weights, optimizer and scaler states, position, training time, RNG states and the
+    model's own extra state (a controller's k_t)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model_name": model.registry_name,
+        "model": model.state_dict(),
+        "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+        "scalers": {n: s.state_dict() for n, s in scalers.items()},
+        "step": pos.step,
+        "epoch": pos.epoch,
+        "batch": pos.batch,
+        "elapsed": elapsed,
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "extra": model.extra_state(),
+    }
+
+
+def restore_training_state(state: dict, model, optimizers: dict, scalers: dict, where: Path) -> tuple[Position, float]:
+    """Put ``state`` (from ``training_state``) back into the model, optimizers, scalers and RNGs; returns the
+    position and the training time so far. ``where``: the run folder, named in errors."""
+    if state.get("format", CHECKPOINT_FORMAT) > CHECKPOINT_FORMAT:
+        raise RunFolderError(f"the checkpoint in {where} has format {state['format']}, newer than this vaelab reads "
+                             f"({CHECKPOINT_FORMAT}); upgrade vaelab to resume it")
+    if state.get("model_name", model.registry_name) != model.registry_name:
+        raise RunFolderError(f"the checkpoint in {where} is of model '{state['model_name']}', "
+                             f"not '{model.registry_name}'")
+    try:
+        model.load_state_dict(state["model"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise RunFolderError(f"the checkpoint in {where} does not fit this model's config ({exc})") from None
+    for name, scaler in scalers.items():
+        if name in state.get("scalers", {}):
+            scaler.load_state_dict(state["scalers"][name])
+    model.load_extra_state(state.get("extra", {}))
+    torch.set_rng_state(state["rng_cpu"])
+    if state.get("rng_cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return Position(state["step"], state["epoch"], state["batch"]), float(state.get("elapsed", 0.0))
+
+
+def average_buffers(model, world: int) -> None:
+    """Average floating buffers (BatchNorm running statistics) across processes; parameters are kept equal by the
+    gradient average, but each process's statistics come from its own shard."""
+    if world == 1:
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            torch.distributed.all_reduce(buffer)
+            buffer /= world
+
+
+def scale_learning_rates(optimizers: dict, in_force: dict[str, list[float]], factor: float) -> dict[str, float]:
+    """Set every group's learning rate to ``factor`` times the rate ``in_force`` (by optimizer, by group) before a
+    rollback restored the checkpoint's; returns each optimizer's first rate."""
+    for name, opt in optimizers.items():  # compounding: scale the rates in force, not the checkpoint's
+        for group, lr in zip(opt.param_groups, in_force[name]):
+            group["lr"] = lr * factor
+    return {name: opt.param_groups[0]["lr"] for name, opt in optimizers.items()}

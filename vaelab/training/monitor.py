@@ -1,0 +1,73 @@
+"""What training measures and draws at the end of an epoch and of the run, besides the best-weights score."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ..accel import Prepared
+from ..data import ImageSet, epoch_batches, first_images, iterate_batches, spaced_images
+from ..grids import originals_over_reconstructions, save_grid
+
+
+def monitor_likelihood(model, test: ImageSet, limit: int, prepared: Prepared, seed: int) -> dict | None:
+    """The per-epoch monitor: mean test ELBO (or an SSIM model's loss) over up to ``limit`` test images under the
+    training precision, on raw pixels and, for conditional models, with the true label. Named ``monitor_*``
+    because it is not the evaluation's number (``likelihood`` in summary.json and eval/metrics.json)."""
+    if not model.has_encoder:
+        return None
+    n = min(limit, len(test))
+    totals = {"elbo": 0.0, "nll": 0.0, "kl": 0.0}
+    model.eval()
+    with torch.random.fork_rng(devices=[]), prepared.autocast():
+        torch.manual_seed(seed)
+        for batch in iterate_batches(test, epoch_batches(n, 500, 0, 0, shuffle=False, drop_last=False),
+                                     prepared.device):
+            out = model.elbo(batch["x"], batch["y"] if model.is_conditional else None)
+            for key in totals:
+                totals[key] += float(out[key].sum())
+    model.train()
+    mean = {k: v / n for k, v in totals.items()}
+    if not model.has_likelihood:
+        return {"monitor_loss": -mean["elbo"], "monitor_recon": mean["nll"], "monitor_kl": mean["kl"]}
+    return {"monitor_elbo": mean["elbo"], "monitor_nll": mean["nll"], "monitor_kl": mean["kl"]}
+
+
+def held_out_likelihood(model, test: ImageSet, seed: int, limit: int = 10_000) -> dict | None:
+    """The evaluation's likelihood numbers (``metrics.likelihood.likelihood_metrics``, fp32, K = 0) on up to
+    ``limit`` test images: the same names and definitions as ``vaelab evaluate``'s eval/metrics.json."""
+    if not model.has_encoder:
+        return None
+    from ..metrics.likelihood import likelihood_metrics
+
+    x = first_images(test, limit)
+    y = None if test.labels is None else test.labels[: len(x)]
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return likelihood_metrics(model, x, y, k=0, seed=seed, progress=False)
+    finally:
+        model.train()
+
+
+def write_grids(model, test: ImageSet, folder: Path, tag: str, n: int, seed: int, device: torch.device) -> None:
+    """``<tag>-samples.png`` (n prior samples; for a conditional model whole rows, one column per class) and, for
+    models with an encoder, ``<tag>-reconstructions.png`` of 32 test images spread over the split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    y, nrow = None, None
+    if model.is_conditional:
+        k = model.config.num_classes
+        n = max(1, math.ceil(n / k)) * k
+        y, nrow = (torch.arange(n) % k).to(device), k
+    samples = model.sample(n, y=y, generator=torch.Generator().manual_seed(seed))
+    save_grid(samples, folder / f"{tag}-samples.png", nrow=nrow)
+    if model.has_encoder:
+        x, labels = spaced_images(test, 32)  # spread over the split, whose order may follow the classes
+        labels = labels.to(device) if labels is not None and model.is_conditional else None
+        with torch.inference_mode():
+            recon = model.reconstruct(x.to(device), labels)
+        grid, per_row = originals_over_reconstructions(x, recon)
+        save_grid(grid, folder / f"{tag}-reconstructions.png", nrow=per_row)
+    model.train()
