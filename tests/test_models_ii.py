@@ -240,7 +240,8 @@ def _small(preset, **extra):
 
 
 def test_avae_resume_restores_the_controller(tmp_path):
-    tiny = {"model.filters": 8, "model.latent_dim": 4, "model.k0": 0.5}  # from 0, early steps keep k clipped at 0
+    # the paper's controller (the mnist5k preset holds k constant), from k0 0.5: from 0 early steps keep k clipped at 0
+    tiny = {"model.filters": 8, "model.latent_dim": 4, "model.k0": 0.5, "model.lambdas": "[1.0e-3,1.0e-5,1.0e-5]"}
     train(_small("avae-khan-mnist", **tiny, **{"train.max_steps": 10}), tmp_path / "straight", progress=False)
     train(_small("avae-khan-mnist", **tiny, **{"train.max_steps": 5}), tmp_path / "split", progress=False)
     controller = RunFolder(tmp_path / "split").load_checkpoint()["extra"]["controller"]
