@@ -149,10 +149,9 @@ class BeganDecoder(nn.Module):
 
     def __init__(self, code_dim: int, channels: int, image_size: int, n: int, levels: int):
         super().__init__()
-        self.base = began_levels(image_size, levels)
-        self.n = n
-        self.fc = nn.Linear(code_dim, n * self.base * self.base)
-        self.to_map = nn.Unflatten(1, (n, self.base, self.base))
+        base = began_levels(image_size, levels)
+        self.fc = nn.Linear(code_dim, n * base * base)
+        self.to_map = nn.Unflatten(1, (n, base, base))
         layers: list[nn.Module] = []
         for level in range(levels + 1):
             layers += [nn.Conv2d(n, n, 3, 1, 1), nn.ELU(), nn.Conv2d(n, n, 3, 1, 1), nn.ELU()]
