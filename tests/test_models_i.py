@@ -150,7 +150,7 @@ def test_short_mnist5k_run_has_finite_losses(preset, tmp_path):
 
     for row in map(json.loads, rows):
         assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
-    assert (tmp_path / "r" / f"samples/step-00000006-samples.png").is_file()
+    assert (tmp_path / "r" / "samples/step-00000006-samples.png").is_file()
     if preset in ("cvae-mnist", "dcvae-ssim-mnist"):
         assert (tmp_path / "r" / "samples/step-00000006-reconstructions.png").is_file()
         key = "elbo_nats" if preset == "cvae-mnist" else "reconstruction_loss"

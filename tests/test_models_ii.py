@@ -256,6 +256,7 @@ def test_avae_resume_restores_the_controller(tmp_path):
 @pytest.mark.parametrize("preset", ["vaegan-mnist", "gvae-sagar-mnist", "avae-khan-mnist", "began-star-mnist"])
 def test_short_mnist5k_run_has_finite_losses(preset, tmp_path):
     summary = train(_small(preset, **{"train.max_steps": 6}), tmp_path / "r", progress=False)
+    assert summary["stopped_by"] == "max_steps" and summary["steps"] == 6
     rows = [json.loads(r) for r in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in rows if r["event"] == "step"]) == 6
     for row in rows:
@@ -267,7 +268,8 @@ def test_short_mnist5k_run_has_finite_losses(preset, tmp_path):
 
 PAPER_SETTINGS = {  # the published settings the paper presets must keep (model.*, train.batch_size)
     "vaegan-larsen-celeba64": {"latent_dim": 128, "gamma": 1e-6, "optimizer": "rmsprop", "lr": 3e-4,
-                               "widths": [64, 128, 256], "discriminator_widths": [32, 128, 256, 256], "batch_size": 64},
+                               "widths": [64, 128, 256], "discriminator_widths": [32, 128, 256, 256], "batch_size": 64,
+                               "lr_schedule": "gamma", "lr_final_factor": 5e-4, "lr_gamma": 0.75},
     "gvae-sagar-celeba128": {"latent_dim": 512, "gp_weight": 10.0, "n_critic": 5, "lr": 1e-4, "betas": [0.5, 0.9],
                              "dropout": 0.3, "stem_channels": 256, "generator_widths": [256, 128, 64], "adv_weight": 1.0},
     **{name: {"arch": "began", "alpha": 0.3, "beta": 0.1, "gamma": 0.1, "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5],
@@ -282,8 +284,8 @@ PAPER_SETTINGS = {  # the published settings the paper presets must keep (model.
 def test_paper_presets_keep_the_papers_settings(preset):
     cfg = load_config(preset=preset)
     for key, value in PAPER_SETTINGS[preset].items():
-        got = cfg.train.batch_size if key == "batch_size" else getattr(cfg.model, key)
-        assert got == pytest.approx(value), (preset, key)
+        got = getattr(cfg.train if key == "batch_size" or key.startswith("lr_") else cfg.model, key)
+        assert got == (value if isinstance(value, str) else pytest.approx(value)), (preset, key)
 
 
 def test_gvae_critic_only_steps_build_no_graph_for_the_vae():

@@ -73,6 +73,11 @@ class TrainConfig:
     on_nan: Literal["stop", "rollback"] = "stop"  # rollback: restore the last checkpoint, lower the lr, go on
     max_rollbacks: int = 3
     rollback_lr_factor: float = 0.5
+    # learning-rate schedule over train.epochs, set at each epoch's start (vaelab/training/lr_schedule.py):
+    # constant | gamma (Larsen et al.'s VAE-GAN code: lr * (1 - (e/E)^lr_gamma * (1 - lr_final_factor))) | cosine
+    lr_schedule: Literal["constant", "gamma", "cosine"] = "constant"
+    lr_final_factor: float = 5e-4  # the last epoch's rate over the first (Larsen et al.: 1e-5 / 0.02)
+    lr_gamma: float = 0.75
     tensorboard: bool = True
     # The speed levers of vaelab.accel, each with a switch (what each measured: benchmarks/RESULTS.md)
     compile: bool = False  # torch.compile each sub-network in place (same weights and checkpoints)
@@ -294,6 +299,9 @@ def _check_positive(cfg: Config) -> None:
     for key in ("checkpoint_every_steps", "checkpoint_every_epochs", "sample_every_epochs", "num_sample_images"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key} must be 0 (off) or positive, got {getattr(t, key)}")
+    if not 0.0 <= t.lr_final_factor <= 1.0 or t.lr_gamma <= 0:
+        raise ConfigError(f"train.lr_final_factor must lie in [0, 1] and train.lr_gamma be positive, got "
+                          f"{t.lr_final_factor} and {t.lr_gamma}")
     d = cfg.data
     if d.image_size is not None and d.image_size < 4:
         raise ConfigError(f"data.image_size must be at least 4 pixels, got {d.image_size}")

@@ -4,10 +4,14 @@ FID between ``n`` samples and the first ``n`` training images in the domain clas
 is trained once per dataset into the cache, as ``vaelab evaluate`` does); for data without class labels, in the
 features of a fixed, seeded, untrained network of the same shape (random-feature FID: cruder, but it ranks blur and
 collapse the same way). The real features are computed once; one call costs one sampling pass of ``n`` images and
-their features (0.4-1.3 s for 500 digits on 2 CPU cores, RESULTS.md).
+their features. The feature network runs channels-last, in bf16 where the CPU has native bf16 (AMX / AVX-512 BF16):
+3.2x faster features than fp32 for the same ranking (FID within 0.1%; RESULTS.md, "Per-epoch work"). The score only
+ranks a run's epochs; ``vaelab evaluate`` measures in fp32.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 
@@ -19,10 +23,13 @@ class SampleQuality:
     """score(model) -> FID of ``n`` samples against ``n`` fixed training images (lower is better), or None when
     the training split has too few images for a covariance."""
 
-    def __init__(self, data, data_cfg, n: int = 500, seed: int = 0, progress: bool = False):
+    def __init__(self, data, data_cfg, n: int = 500, seed: int = 0, progress: bool = False, bf16: bool | None = None):
+        """``bf16``: the feature network in bf16 autocast (None: where the CPU runs bf16 natively)."""
+        from ..accel import cpu_has_fast_bf16
         from ..data import spaced_images
 
         self.seed = seed
+        self.bf16 = cpu_has_fast_bf16() if bf16 is None else bf16
         if data.train.labels is not None and data.num_classes >= 2:
             self.network = feats.load_classifier(feats.cached_classifier(data, data_cfg, progress))
             self.space = "classifier"
@@ -31,17 +38,24 @@ class SampleQuality:
                 torch.manual_seed(seed)
                 self.network = feats.DomainClassifier(data.channels, data.image_size, 2).eval()
             self.space = "random_features"
+        self.network = self.network.to(memory_format=torch.channels_last)
         # training images as the reference (choosing the best epoch on the test images would bias the test numbers),
         # spread over the split: mnist5k's first 500 training images are 400 zeros and 100 ones
         # a conditional model draws the reference's classes (self.labels), so its samples are compared like with like
         real, self.labels = spaced_images(data.train, n)
         self.n = len(real)
         self.real = self._features(real) if self.n >= 2 else None
-        self.settings = {"metric": "fid", "feature_space": self.space, "samples": self.n, "seed": seed}
+        self.settings = {"metric": "fid", "feature_space": self.space, "samples": self.n, "seed": seed,
+                         "features_bf16": self.bf16}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.network(x[i : i + 500].float().cpu())[0] for i in range(0, len(x), 500)]).double()
+        chunks = []
+        with torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else nullcontext():
+            for i in range(0, len(x), 500):
+                batch = x[i : i + 500].float().cpu().contiguous(memory_format=torch.channels_last)
+                chunks.append(self.network(batch)[0].float())
+        return torch.cat(chunks).double()
 
     @torch.no_grad()
     def score(self, model) -> float | None:

@@ -82,10 +82,19 @@ def average_buffers(model, world: int) -> None:
             buffer /= world
 
 
-def scale_learning_rates(optimizers: dict, in_force: dict[str, list[float]], factor: float) -> dict[str, float]:
-    """Set every group's learning rate to ``factor`` times the rate ``in_force`` (by optimizer, by group) before a
-    rollback restored the checkpoint's; returns each optimizer's first rate."""
+def learning_rates_in_force(optimizers: dict) -> dict[str, list[tuple[float, float | None]]]:
+    """Each group's (rate, base rate of the lr schedule or None), by optimizer: what a rollback scales."""
+    return {name: [(g["lr"], g.get("initial_lr")) for g in opt.param_groups] for name, opt in optimizers.items()}
+
+
+def scale_learning_rates(optimizers: dict, in_force: dict[str, list[tuple[float, float | None]]],
+                         factor: float) -> dict[str, float]:
+    """Set every group's rate (and its schedule's base rate) to ``factor`` times the one ``in_force`` (by optimizer,
+    by group; ``learning_rates_in_force``) before a rollback restored the checkpoint's; returns each optimizer's first
+    rate."""
     for name, opt in optimizers.items():  # compounding: scale the rates in force, not the checkpoint's
-        for group, lr in zip(opt.param_groups, in_force[name]):
+        for group, (lr, base) in zip(opt.param_groups, in_force[name]):
             group["lr"] = lr * factor
+            if base is not None:
+                group["initial_lr"] = base * factor
     return {name: opt.param_groups[0]["lr"] for name, opt in optimizers.items()}

@@ -27,7 +27,9 @@ from ..models.base import GenerativeModel
 from ..models.registry import build_model
 from ..processes import join_processes, process_seed
 from ..run import RunFolder, atomic_write_text
-from .checkpoints import Position, average_buffers, restore_training_state, scale_learning_rates, training_state
+from .checkpoints import (Position, average_buffers, learning_rates_in_force, restore_training_state,
+                          scale_learning_rates, training_state)
+from .lr_schedule import apply_lr_factor, lr_factor
 from .monitor import held_out_likelihood, monitor_likelihood, write_grids
 from .updates import UpdateContext
 
@@ -70,6 +72,7 @@ class Trainer:
 
         self.pos = Position()
         self.rollbacks = 0
+        self.epoch_lrs: dict[str, float] = {}  # the rates the lr schedule set for this epoch (none when constant)
         self.elapsed = 0.0  # training wall time over all sessions of this run, for time budgets
         if resume:
             self._restore(self.run.load_checkpoint())
@@ -94,7 +97,7 @@ class Trainer:
         t = self.cfg.train
         self.rollbacks += 1
         failed_at, elapsed = self.pos.step + 1, self.elapsed  # the step that diverged
-        in_force = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()}
+        in_force = learning_rates_in_force(self.optimizers)
         self._restore(self.run.load_checkpoint())
         self.elapsed = elapsed  # the failed stretch still counts against a time budget
         lrs = scale_learning_rates(self.optimizers, in_force, t.rollback_lr_factor)
@@ -172,6 +175,9 @@ class Trainer:
                                     rank=self.rank, world=self.world)
             bar = tqdm(total=len(batches), initial=self.pos.batch, desc=f"epoch {self.pos.epoch + 1}/{t.epochs}",
                        disable=not (self.progress and self.is_main and sys.stderr.isatty()), leave=False, dynamic_ncols=True)
+            if t.lr_schedule != "constant":
+                factor = lr_factor(t.lr_schedule, self.pos.epoch, t.epochs, t.lr_final_factor, t.lr_gamma)
+                self.epoch_lrs = apply_lr_factor(self.optimizers, factor)
             tick = time.perf_counter()
             rolled_back = False
             for batch in iterate_batches(self.data.train, batches[self.pos.batch :], self.device, self.cfg.data.num_workers):
@@ -244,7 +250,8 @@ class Trainer:
             self.save_checkpoint()
         else:
             average_buffers(self.model, self.world)
-        row = {"event": "epoch", "step": self.pos.step, "epoch": e, "images_per_s": images_per_s}
+        row = {"event": "epoch", "step": self.pos.step, "epoch": e, "images_per_s": images_per_s,
+               **{f"lr_{name}": lr for name, lr in self.epoch_lrs.items()}}
         metrics = monitor_likelihood(self.model, self.data.test, t.eval_images, self.accel, t.seed)
         if metrics:
             row.update(metrics)
