@@ -242,6 +242,8 @@ def test_lr_schedules_by_hand():
     assert lr_factor("cosine", 4, 4, 0.1, 0.75) == pytest.approx(0.1)
     with pytest.raises(ConfigError, match="lr_final_factor"):
         tiny_config(**{"train.lr_final_factor": 2})
+    with pytest.raises(ConfigError, match="lr_schedule_epochs"):
+        tiny_config(**{"train.lr_schedule_epochs": 0})
 
 
 def test_lr_schedule_sets_each_epoch_resumes_exactly_and_keeps_a_rollbacks_cut(tmp_path, monkeypatch):
@@ -256,6 +258,10 @@ def test_lr_schedule_sets_each_epoch_resumes_exactly_and_keeps_a_rollbacks_cut(t
     train(tiny_config(**{**sets, "train.epochs": 1}), tmp_path / "split", progress=False)
     train(tiny_config(**sets), tmp_path / "split", resume=True, progress=False)
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "split"))
+
+    train(tiny_config(**sets, **{"train.lr_schedule_epochs": 2}), tmp_path / "short", progress=False)
+    ends = [r for r in RunFolder(tmp_path / "short").read_metrics() if r["event"] == "epoch"]
+    assert [r["lr_vae"] for r in ends] == pytest.approx([1e-3, 1e-3 * lr_factor("gamma", 1, 2, 0.1, 0.75), 1e-4])
 
     inject_nan_kl(monkeypatch, {6})  # a rollback in epoch 1 halves the base rate the schedule scales later
     with pytest.warns(UserWarning, match="rolled back"):
@@ -386,6 +392,9 @@ def test_the_best_epoch_is_kept_and_loaded_by_default(tmp_path):
     default, final = load(run).state_dict(), load(run, weights="last").state_dict()
     assert all(torch.equal(default[k], best[k]) for k in best)
     assert all(torch.equal(final[k], last[k]) for k in last)
+    sparse = tmp_path / "every2"  # train.best_every_epochs: every n-th epoch and the last are scored
+    train(tiny_config(**{"train.epochs": 3, "train.best_every_epochs": 2}), sparse, progress=False)
+    assert ["sample_fid" in r for r in RunFolder(sparse).read_metrics() if r["event"] == "epoch"] == [False, True, True]
     # the score is the FID of the kept weights' samples: rescoring them gives the same number
     from vaelab.data import load_data
     from vaelab.metrics.quality import SampleQuality

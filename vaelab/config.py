@@ -70,14 +70,18 @@ class TrainConfig:
     # each epoch by FID of best_samples samples in the domain classifier's space (vaelab/metrics/quality.py)
     track_best: bool = True
     best_samples: int = 500
+    best_every_epochs: int = 1  # score every n-th epoch (and the last): for epochs of a second or less, the score
+    # (~0.1 s for 500 digits on 2 cores) is a sizeable share of the run (benchmarks/RESULTS.md, "Per-epoch work")
     on_nan: Literal["stop", "rollback"] = "stop"  # rollback: restore the last checkpoint, lower the lr, go on
     max_rollbacks: int = 3
     rollback_lr_factor: float = 0.5
-    # learning-rate schedule over train.epochs, set at each epoch's start (vaelab/training/lr_schedule.py):
+    # learning-rate schedule over lr_schedule_epochs (or train.epochs), set at each epoch's start
+    # (vaelab/training/lr_schedule.py):
     # constant | gamma (Larsen et al.'s VAE-GAN code: lr * (1 - (e/E)^lr_gamma * (1 - lr_final_factor))) | cosine
     lr_schedule: Literal["constant", "gamma", "cosine"] = "constant"
     lr_final_factor: float = 5e-4  # the last epoch's rate over the first (Larsen et al.: 1e-5 / 0.02)
     lr_gamma: float = 0.75
+    lr_schedule_epochs: int | None = None  # the schedule's length (None: train.epochs); after it the rate stays at its end
     tensorboard: bool = True
     # The speed levers of vaelab.accel, each with a switch (what each measured: benchmarks/RESULTS.md)
     compile: bool = False  # torch.compile each sub-network in place (same weights and checkpoints)
@@ -293,12 +297,14 @@ def build_config(raw: dict) -> Config:
 
 def _check_positive(cfg: Config) -> None:
     t = cfg.train
-    for key in ("epochs", "batch_size", "log_every", "keep_checkpoints", "eval_images"):
+    for key in ("epochs", "batch_size", "log_every", "keep_checkpoints", "eval_images", "best_every_epochs"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
     for key in ("checkpoint_every_steps", "checkpoint_every_epochs", "sample_every_epochs", "num_sample_images"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key} must be 0 (off) or positive, got {getattr(t, key)}")
+    if t.lr_schedule_epochs is not None and t.lr_schedule_epochs < 1:
+        raise ConfigError(f"train.lr_schedule_epochs must be at least 1 (or null: train.epochs), got {t.lr_schedule_epochs}")
     if not 0.0 <= t.lr_final_factor <= 1.0 or t.lr_gamma <= 0:
         raise ConfigError(f"train.lr_final_factor must lie in [0, 1] and train.lr_gamma be positive, got "
                           f"{t.lr_final_factor} and {t.lr_gamma}")

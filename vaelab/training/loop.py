@@ -176,7 +176,8 @@ class Trainer:
             bar = tqdm(total=len(batches), initial=self.pos.batch, desc=f"epoch {self.pos.epoch + 1}/{t.epochs}",
                        disable=not (self.progress and self.is_main and sys.stderr.isatty()), leave=False, dynamic_ncols=True)
             if t.lr_schedule != "constant":
-                factor = lr_factor(t.lr_schedule, self.pos.epoch, t.epochs, t.lr_final_factor, t.lr_gamma)
+                factor = lr_factor(t.lr_schedule, self.pos.epoch, t.lr_schedule_epochs or t.epochs, t.lr_final_factor,
+                                   t.lr_gamma)
                 self.epoch_lrs = apply_lr_factor(self.optimizers, factor)
             tick = time.perf_counter()
             rolled_back = False
@@ -255,7 +256,7 @@ class Trainer:
         metrics = monitor_likelihood(self.model, self.data.test, t.eval_images, self.accel, t.seed)
         if metrics:
             row.update(metrics)
-        if t.track_best and self.is_main:
+        if t.track_best and self.is_main and (e % t.best_every_epochs == 0 or e == t.epochs):
             row.update(self._optional("the best-weights score", self._track_best) or {})
         self.log(row)
         if self.is_main and self.progress:

@@ -1,9 +1,11 @@
-"""Learning-rate schedules over the configured epochs, set at the start of each epoch.
+"""Learning-rate schedules over E epochs (train.lr_schedule_epochs, by default train.epochs), set at the start of each
+epoch; after epoch E the rate stays at the schedule's end.
 
 - ``constant``: the optimizers' own rates throughout.
 - ``gamma``: Larsen et al.'s code for VAE-GAN (deeppy's GammaAnnealer, epoch-wise):
-  lr_e = lr * (1 - (e / E)^lr_gamma * (1 - lr_final_factor)), e the epoch (0-based), E = train.epochs.
-  Their values: lr 0.02 -> 1e-5 per batch of 64 (3.1e-4 -> 1.6e-7 per image), lr_gamma 0.75.
+  lr_e = lr * (1 - (e / E)^lr_gamma * (1 - lr_final_factor)), e the epoch (0-based).
+  Their values: 0.02 -> 1e-5 on a batch-summed loss of 64 images (3.1e-4 -> 1.6e-7 on the batch mean; the paper's
+  3e-4), lr_gamma 0.75.
 - ``cosine``: lr_e = lr * (f + (1 - f) * (1 + cos(pi e / E)) / 2), f = lr_final_factor.
 
 Each optimizer group keeps its base rate as ``initial_lr`` (the key torch's own schedulers use; it travels in the
