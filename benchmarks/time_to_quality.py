@@ -7,7 +7,8 @@ with every epoch's checkpoint kept.
 For each kept checkpoint: 1,000 samples (seed 0) against the 1,000 mnist5k test images in the domain classifier's
 space, as `vaelab evaluate` measures them (FID, precision and recall with k = 3, classes present). The bar of
 issue 15: all ten classes and precision and recall >= 0.5 (BEGAN*: at least 8 classes). "train s" is the
-checkpoint's optimizer-step time (the training time a time budget counts).
+checkpoint's optimizer-step time (the training time a time budget counts). A run with train.ema_decay is scored on
+its weight average, what it samples from.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def scan(run_path: Path, every: int) -> list[dict]:
     rows = []
     for path in run.checkpoints()[::every]:
         state = read_checkpoint(path)
-        model.load_state_dict(state["model"])
+        average = state.get("average")  # train.ema_decay: the run samples from the weight average
+        model.load_state_dict(average["weights"] if average else state["model"])
         with torch.no_grad():
             fake = model.sample(1000, generator=torch.Generator().manual_seed(0)).float()
         f_fake, logits = extractor.embed(fake)

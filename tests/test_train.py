@@ -504,3 +504,49 @@ def test_summary_and_evaluate_give_the_same_likelihood_under_one_name(tmp_path):
     assert json.loads((run / "summary.json").read_text())["likelihood"]["elbo_nats"] == summary["likelihood"]["elbo_nats"]
     epoch_rows = [r for r in RunFolder(run).read_metrics() if r["event"] == "epoch"]
     assert "monitor_elbo" in epoch_rows[-1] and "elbo_nats" not in epoch_rows[-1]
+
+
+def test_weight_average_follows_the_ema_with_its_warm_up_by_hand():
+    from vaelab.training.weight_average import WeightAverage, ema_decay_at
+
+    torch.manual_seed(0)
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    model, decay = make(), 0.9
+    average = WeightAverage(make(), model, decay)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    assert [ema_decay_at(decay, t) for t in (1, 2, 100)] == [2 / 11, 3 / 12, 0.9]
+    for t in range(1, 6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(8, 3))  # moves BatchNorm's running statistics and its integer counter
+        average.update(model)
+        d = ema_decay_at(decay, t)
+        for key, value in model.state_dict().items():
+            expected[key] = value.clone() if not value.is_floating_point() else d * expected[key] + (1 - d) * value
+    got = average.model.state_dict()
+    for key, value in expected.items():
+        assert torch.allclose(got[key], value, atol=1e-6), key
+    assert int(got["1.num_batches_tracked"]) == 5
+    assert not torch.allclose(got["0.weight"], model.state_dict()["0.weight"])
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        WeightAverage(make(), model, 1.0)
+
+
+def test_a_weight_averaged_run_saves_the_average_and_resumes_exactly(tmp_path):
+    overrides = {"train.epochs": 2, "train.ema_decay": 0.9}
+    straight = tmp_path / "straight"
+    train(tiny_config(**overrides), straight, progress=False)
+    state = RunFolder(straight).load_checkpoint()
+    saved = weights(straight)
+    # what sample/evaluate load is the average the checkpoint carries, not the trained weights
+    assert_same_weights(saved, {k: v.contiguous() for k, v in state["average"]["weights"].items()})
+    assert not any(torch.equal(saved[k], state["model"][k].contiguous()) for k in saved if k.endswith(".weight"))
+    assert state["average"]["updates"] == state["step"]
+
+    mid = tmp_path / "mid"
+    train(tiny_config(**overrides, **{"train.checkpoint_every_steps": 7, "train.max_steps": 17}), mid, progress=False)
+    train(tiny_config(**overrides, **{"train.checkpoint_every_steps": 7}), mid, resume=True, progress=False)
+    assert_same_weights(saved, weights(mid))
+    with pytest.raises(ConfigError, match="ema_decay"):
+        tiny_config(**{"train.ema_decay": 1.5})

@@ -82,6 +82,9 @@ class TrainConfig:
     lr_final_factor: float = 5e-4  # the last epoch's rate over the first (Larsen et al.: 1e-5 / 0.02)
     lr_gamma: float = 0.75
     lr_schedule_epochs: int | None = None  # the schedule's length (None: train.epochs); after it the rate stays at its end
+    # sample, score, evaluate and save an exponential moving average of the weights (e.g. 0.999: over the last ~1,000
+    # steps; vaelab/training/weight_average.py); None: the trained weights themselves
+    ema_decay: float | None = None
     tensorboard: bool = True
     # The speed levers of vaelab.accel, each with a switch (what each measured: benchmarks/RESULTS.md)
     compile: bool = False  # torch.compile each sub-network in place (same weights and checkpoints)
@@ -308,6 +311,9 @@ def _check_positive(cfg: Config) -> None:
     if not 0.0 <= t.lr_final_factor <= 1.0 or t.lr_gamma <= 0:
         raise ConfigError(f"train.lr_final_factor must lie in [0, 1] and train.lr_gamma be positive, got "
                           f"{t.lr_final_factor} and {t.lr_gamma}")
+    if t.ema_decay is not None and not 0.0 < t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must lie strictly between 0 and 1 (0.999 averages over ~1,000 steps) or be "
+                          f"null (no average), got {t.ema_decay}")
     d = cfg.data
     if d.image_size is not None and d.image_size < 4:
         raise ConfigError(f"data.image_size must be at least 4 pixels, got {d.image_size}")

@@ -27,9 +27,9 @@ class Position:
     batch: int = 0
 
 
-def training_state(model, optimizers: dict, scalers: dict, pos: Position, elapsed: float) -> dict:
-    """Everything resume needs: weights, optimizer and scaler states, position, training time, RNG states and the
-    model's own extra state (a controller's k_t)."""
+def training_state(model, optimizers: dict, scalers: dict, pos: Position, elapsed: float, average=None) -> dict:
+    """Everything resume needs: weights, optimizer and scaler states, position, training time, RNG states, the
+    model's own extra state (a controller's k_t) and the weight average (``average``: a ``WeightAverage`` or None)."""
     return {
         "format": CHECKPOINT_FORMAT,
         "model_name": model.registry_name,
@@ -43,12 +43,14 @@ def training_state(model, optimizers: dict, scalers: dict, pos: Position, elapse
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "extra": model.extra_state(),
+        "average": average.state_dict() if average is not None else None,
     }
 
 
-def restore_training_state(state: dict, model, optimizers: dict, scalers: dict, where: Path) -> tuple[Position, float]:
-    """Put ``state`` (from ``training_state``) back into the model, optimizers, scalers and RNGs; returns the
-    position and the training time so far. ``where``: the run folder, named in errors."""
+def restore_training_state(state: dict, model, optimizers: dict, scalers: dict, where: Path,
+                           average=None) -> tuple[Position, float]:
+    """Put ``state`` (from ``training_state``) back into the model, optimizers, scalers, weight average and RNGs;
+    returns the position and the training time so far. ``where``: the run folder, named in errors."""
     if state.get("format", CHECKPOINT_FORMAT) > CHECKPOINT_FORMAT:
         raise RunFolderError(f"the checkpoint in {where} has format {state['format']}, newer than this vaelab reads "
                              f"({CHECKPOINT_FORMAT}); upgrade vaelab to resume it")
@@ -59,6 +61,11 @@ def restore_training_state(state: dict, model, optimizers: dict, scalers: dict, 
         model.load_state_dict(state["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
+        if average is not None:
+            if state.get("average") is None:  # a run that started without train.ema_decay: average from here on
+                average.load_state_dict({"weights": state["model"], "updates": 0})
+            else:
+                average.load_state_dict(state["average"])
     except (RuntimeError, KeyError, ValueError) as exc:
         raise RunFolderError(f"the checkpoint in {where} does not fit this model's config ({exc})") from None
     for name, scaler in scalers.items():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..accel import prepare
+from ..accel import prepare, use_channels_last
 from ..config import Config, fill_data_shape, parse_duration
 from ..data import epoch_batches, iterate_batches, load_data
 from ..errors import ConfigError, TrainingDiverged
@@ -32,6 +32,7 @@ from .checkpoints import (Position, average_buffers, learning_rates_in_force, re
 from .lr_schedule import apply_lr_factor, lr_factor
 from .monitor import held_out_likelihood, monitor_likelihood, write_grids
 from .updates import UpdateContext
+from .weight_average import WeightAverage
 
 
 class Trainer:
@@ -52,6 +53,13 @@ class Trainer:
         self.model: GenerativeModel = build_model(cfg.model)
         self.accel = prepare(self.model, self.device, t.precision, t)
         self.precision, self.optimizers = self.accel.precision, self.accel.optimizers
+        self.average = None  # the weight average (train.ema_decay): what the run samples, scores and saves
+        if t.ema_decay is not None:
+            with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten; keep training's RNG
+                copy = build_model(cfg.model).to(self.device)
+            if self.accel.memory_format is not None:
+                use_channels_last(copy)
+            self.average = WeightAverage(copy, self.model, t.ema_decay)
         self.updates = UpdateContext(self.optimizers, self.accel.scalers, self.world, t.grad_clip_norm,
                                      self.device.type)
         if self.data.train.images is not None:
@@ -90,7 +98,12 @@ class Trainer:
     # state -------------------------------------------------------------------------------------------
     def _restore(self, state: dict) -> None:
         self.pos, self.elapsed = restore_training_state(state, self.model, self.optimizers, self.accel.scalers,
-                                                        self.run.path)
+                                                        self.run.path, self.average)
+
+    @property
+    def sampled_model(self) -> GenerativeModel:
+        """The weights the run samples, scores and saves: the weight average when train.ema_decay is set."""
+        return self.model if self.average is None else self.average.model
 
     def _roll_back(self, reason: str) -> None:
         """Restore the newest checkpoint and scale every learning rate by train.rollback_lr_factor."""
@@ -108,10 +121,16 @@ class Trainer:
                           f"{t.rollback_lr_factor} (rollback {self.rollbacks} of at most {t.max_rollbacks})")
 
     def save_checkpoint(self) -> None:
-        average_buffers(self.model, self.world)
+        self._average_buffers()
         if self.is_main:
-            state = training_state(self.model, self.optimizers, self.accel.scalers, self.pos, self.elapsed)
+            state = training_state(self.model, self.optimizers, self.accel.scalers, self.pos, self.elapsed,
+                                   self.average)
             self.run.save_checkpoint(state, self.pos.step, self.cfg.train.keep_checkpoints)
+
+    def _average_buffers(self) -> None:
+        average_buffers(self.model, self.world)
+        if self.average is not None:
+            average_buffers(self.average.model, self.world)
 
     # logging -----------------------------------------------------------------------------------------
     def log(self, row: dict) -> None:
@@ -197,6 +216,8 @@ class Trainer:
                         f"{exc}. Training stopped; {where}. Lower the learning rate (--set model.lr=...), use "
                         f"--precision fp32 or --on-nan rollback, then continue with `vaelab train --resume {self.run.path}`."
                     ) from None
+                if self.average is not None:
+                    self.average.update(self.model)
                 self.pos.step += 1
                 self.pos.batch += 1
                 for key, value in losses.items():
@@ -250,10 +271,10 @@ class Trainer:
         if t.checkpoint_every_epochs and (e % t.checkpoint_every_epochs == 0 or e == t.epochs):
             self.save_checkpoint()
         else:
-            average_buffers(self.model, self.world)
+            self._average_buffers()
         row = {"event": "epoch", "step": self.pos.step, "epoch": e, "images_per_s": images_per_s,
                **{f"lr_{name}": lr for name, lr in self.epoch_lrs.items()}}
-        metrics = monitor_likelihood(self.model, self.data.test, t.eval_images, self.accel, t.seed)
+        metrics = monitor_likelihood(self.sampled_model, self.data.test, t.eval_images, self.accel, t.seed)
         if metrics:
             row.update(metrics)
         if t.track_best and self.is_main and (e % t.best_every_epochs == 0 or e == t.epochs):
@@ -273,7 +294,7 @@ class Trainer:
     def _write_grids(self, tag: str) -> None:
         n = self.cfg.train.num_sample_images
         if self.is_main and n > 0:
-            write_grids(self.model, self.data.test, self.run.samples_dir, tag, n, self.cfg.train.seed, self.device)
+            write_grids(self.sampled_model, self.data.test, self.run.samples_dir, tag, n, self.cfg.train.seed, self.device)
 
     def _optional(self, what: str, work):
         """Run optional end-of-epoch work; a failure warns (naming it) and training goes on. Returns its result."""
@@ -296,13 +317,13 @@ class Trainer:
         if self.quality is None:
             self.quality = SampleQuality(self.data, self.cfg.data, n=self.cfg.train.best_samples,
                                          seed=self.cfg.train.seed, progress=self.progress)
-        score = self.quality.score(self.model)
+        score = self.quality.score(self.sampled_model)
         if score is None or not math.isfinite(score):
             return {}
         best = self.run.best_info()
         improved = best is None or score < best["sample_fid"]
         if improved:
-            self.run.save_weights(self.model, best_info={"sample_fid": score, "epoch": self.pos.epoch,
+            self.run.save_weights(self.sampled_model, best_info={"sample_fid": score, "epoch": self.pos.epoch,
                                                          "step": self.pos.step, **self.quality.settings})
         return {"sample_fid": score, "best": improved}
 
@@ -322,12 +343,12 @@ class Trainer:
             "device": str(self.device),
             "processes": self.world,
         }
-        average_buffers(self.model, self.world)
-        likelihood = held_out_likelihood(self.model, self.data.test, self.cfg.train.seed)
+        self._average_buffers()
+        likelihood = held_out_likelihood(self.sampled_model, self.data.test, self.cfg.train.seed)
         if likelihood:
             summary["likelihood"] = likelihood
         if self.is_main:
-            self.run.save_weights(self.model)
+            self.run.save_weights(self.sampled_model)
             atomic_write_text(self.run.summary_path, json.dumps(summary, indent=2) + "\n")
             from ..plots import plot_training_curves
 
