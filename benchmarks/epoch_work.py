@@ -81,7 +81,8 @@ def main() -> None:
         end = r["monitor_ms"] + r["score_bf16_ms"] + r["grids_ms"] + r["checkpoint_ms"]
         steps = r["step_ms"] * r["batches_per_epoch"]
         print(f"| `{preset}` | {r['step_ms']:.1f} | {r['batches_per_epoch']} | {r['monitor_ms']:.0f} | "
-              f"{r['score_fp32_ms']:.0f} / {r['score_bf16_ms']:.0f} | {r['score_fp32']:.2f} / {r['score_bf16']:.2f} | {r['grids_ms']:.0f} | {r['checkpoint_ms']:.0f} | "
+              f"{r['score_fp32_ms']:.0f} / {r['score_bf16_ms']:.0f} | {r['score_fp32']:.2f} / {r['score_bf16']:.2f} | "
+              f"{r['grids_ms']:.0f} | {r['checkpoint_ms']:.0f} | "
               f"{end:.0f} / {steps:.0f} ms ({100 * end / steps:.0f}%) |", flush=True)
 
 

@@ -121,13 +121,14 @@ class Trainer:
                           f"{t.rollback_lr_factor} (rollback {self.rollbacks} of at most {t.max_rollbacks})")
 
     def save_checkpoint(self) -> None:
-        self._average_buffers()
+        self._sync_buffers()
         if self.is_main:
             state = training_state(self.model, self.optimizers, self.accel.scalers, self.pos, self.elapsed,
                                    self.average)
             self.run.save_checkpoint(state, self.pos.step, self.cfg.train.keep_checkpoints)
 
-    def _average_buffers(self) -> None:
+    def _sync_buffers(self) -> None:
+        """BatchNorm statistics averaged over the processes, for the trained weights and the weight average."""
         average_buffers(self.model, self.world)
         if self.average is not None:
             average_buffers(self.average.model, self.world)
@@ -271,7 +272,7 @@ class Trainer:
         if t.checkpoint_every_epochs and (e % t.checkpoint_every_epochs == 0 or e == t.epochs):
             self.save_checkpoint()
         else:
-            self._average_buffers()
+            self._sync_buffers()
         row = {"event": "epoch", "step": self.pos.step, "epoch": e, "images_per_s": images_per_s,
                **{f"lr_{name}": lr for name, lr in self.epoch_lrs.items()}}
         metrics = monitor_likelihood(self.sampled_model, self.data.test, t.eval_images, self.accel, t.seed)
@@ -294,7 +295,8 @@ class Trainer:
     def _write_grids(self, tag: str) -> None:
         n = self.cfg.train.num_sample_images
         if self.is_main and n > 0:
-            write_grids(self.sampled_model, self.data.test, self.run.samples_dir, tag, n, self.cfg.train.seed, self.device)
+            write_grids(self.sampled_model, self.data.test, self.run.samples_dir, tag, n, self.cfg.train.seed,
+                        self.device)
 
     def _optional(self, what: str, work):
         """Run optional end-of-epoch work; a failure warns (naming it) and training goes on. Returns its result."""
@@ -343,7 +345,7 @@ class Trainer:
             "device": str(self.device),
             "processes": self.world,
         }
-        self._average_buffers()
+        self._sync_buffers()
         likelihood = held_out_likelihood(self.sampled_model, self.data.test, self.cfg.train.seed)
         if likelihood:
             summary["likelihood"] = likelihood
