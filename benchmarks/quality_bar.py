@@ -25,7 +25,8 @@ HYBRIDS = ["vae-mnist", "vaegan-mnist", "gvae-sagar-mnist", "avae-khan-mnist", "
 COLUMNS = [("budget_s", "train s", "{:.0f}"), ("fid", "FID", "{:.1f}"), ("kid", "KID", "{:.3f}"),
            ("precision", "precision", "{:.2f}"), ("recall", "recall", "{:.2f}"), ("classes", "classes", "{:.1f}"),
            ("sharpness", "sharpness", "{:.3f}"), ("kl", "KL nats", "{:.1f}"),
-           ("recon_mse", "recon MSE/px", "{:.4f}"), ("label_accuracy", "label acc.", "{:.3f}")]
+           ("recon_mse", "recon MSE/px", "{:.4f}"), ("recon_fid", "recon FID", "{:.1f}"),
+           ("recon_recall", "recon recall", "{:.2f}"), ("label_accuracy", "label acc.", "{:.3f}")]
 
 
 def run_one(preset: str, seed: int, sets: list[str], root: Path, weights: str) -> dict:
@@ -49,6 +50,8 @@ def run_one(preset: str, seed: int, sets: list[str], root: Path, weights: str) -
            "fid": space["fid"], "kid": space["kid"], "precision": space["precision"], "recall": space["recall"],
            "classes": space["class_coverage"]["classes_present"], "sharpness": result["sample_metrics"]["sharpness_samples"],
            "kl": lik.get("kl_nats"), "recon_mse": lik.get("reconstruction_mse_per_pixel"),
+           "recon_fid": space.get("reconstructions", {}).get("fid"),
+           "recon_recall": space.get("reconstructions", {}).get("recall"),
            "label_accuracy": space.get("conditional_accuracy")}
     print(json.dumps(row), flush=True)
     return row

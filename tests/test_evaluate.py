@@ -10,9 +10,9 @@ from conftest import tiny_overrides
 from vaelab.cli import app
 from vaelab.config import DataConfig, load_config
 from vaelab.data import load_data
-from vaelab.evaluate import evaluate
+from vaelab.evaluate import better, evaluate, headline
 from vaelab.metrics.features import train_and_save_classifier
-from vaelab.compare import compare
+from vaelab.compare import compare, settings_for
 from vaelab.errors import VaelabError
 from vaelab.training import train
 
@@ -46,6 +46,14 @@ def test_evaluate_vae_writes_every_metric_with_settings(runs):
         assert key in space
     assert space["fid"] > 0 and 1 <= space["is"] <= 10
     assert "pixels" in result["sample_metrics"]["features"]
+    # reconstructions are measured against the same real images: in pixel space a perfect decoder scores FID 0, so
+    # the decoder's FID must be positive, and below the samples' (the codes come from the real images)
+    recon = result["sample_metrics"]["features"]["pixels"]["reconstructions"]
+    assert 0 < recon["fid"] < result["sample_metrics"]["features"]["pixels"]["fid"]
+    assert 0 <= recon["precision"] <= 1 and 0 <= recon["recall"] <= 1
+    assert headline(result)["recon_fid_pixels"] == recon["fid"] and better("recon_fid_pixels") is False
+    # compare ranks it only between runs measured in the same feature space
+    assert "space_pixels" in settings_for("recon_fid_pixels") and "samples" not in settings_for("recon_fid_pixels")
     ms = result["sample_metrics"]["ms_ssim_samples"]
     assert (ms["ms_ssim_scales"], ms["ms_ssim_window"]) == (3, 7)
     saved = json.loads((root / "vae" / "eval" / "metrics.json").read_text())
@@ -71,13 +79,12 @@ def test_evaluate_conditional_model_has_utility_and_gan_has_no_likelihood(runs):
     # the 10% subset gets as many optimizer steps as the full set: a trained classifier, not chance
     assert util["subset_10pct_accuracy"] > 0.6 and util["real_data_accuracy"] > 0.6
     space = result["sample_metrics"]["features"][f"classifier:{root / 'clf'}"]
-    from vaelab.evaluate import headline
-
     # the label accuracy is the share of samples drawn for class k that the classifier calls k, shown in the table
     assert headline(result)["label_accuracy_clf"] == space["conditional_accuracy"]
     assert 0 <= space["conditional_accuracy"] <= 1
     gan = evaluate(root / "gan", num_samples=200, features=["pixels"], progress=False)
     assert "likelihood" not in gan and "fid" in gan["sample_metrics"]["features"]["pixels"]
+    assert "reconstructions" not in gan["sample_metrics"]["features"]["pixels"]  # a GAN has no encoder
 
 
 def test_inception_without_weights_says_where_to_put_them(runs, tmp_path, monkeypatch):

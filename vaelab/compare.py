@@ -63,6 +63,8 @@ def settings_for(metric: str) -> tuple[str, ...]:
         return ("split", "real_images", "samples", "pixel_kernel")
     if metric in ("ms_ssim_samples", "sharpness"):
         return ("samples", "image_size")
+    if metric.startswith("recon_"):  # reconstructions of the real images: no samples involved
+        return tuple(k for k in settings_for(metric.removeprefix("recon_")) if k != "samples")
     for tag_key in ("fid_", "kid_", "is_", "precision_", "recall_", "classes_", "label_accuracy_"):
         if metric.startswith(tag_key):
             return ("split", "real_images", "samples", f"space_{metric[len(tag_key):]}")

@@ -59,6 +59,18 @@ def generate(model, n: int, seed: int, num_classes: int, batch: int = 500):
 
 
 @torch.no_grad()
+def reconstruct_all(model, x: torch.Tensor, y: torch.Tensor | None, batch: int = 500) -> torch.Tensor:
+    """The posterior means of images x (N, C, H, W) decoded: float (N, C, H, W) in [0, 1], split across processes."""
+
+    def chunk(i: int) -> torch.Tensor:
+        part = slice(i * batch, (i + 1) * batch)
+        labels = None if y is None or not model.is_conditional else y[part].to(model.device)
+        return model.reconstruct(x[part].to(model.device), labels).float().cpu()
+
+    return torch.cat(map_chunks(chunk, math.ceil(len(x) / batch)))
+
+
+@torch.no_grad()
 def embed(extractor, x: torch.Tensor, batch: int = 250) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(features (N, d), logits (N, K) or None) of images x in one pass, split across processes under torchrun."""
     parts = map_chunks(lambda i: extractor.embed(x[i * batch : (i + 1) * batch]), math.ceil(len(x) / batch))
@@ -111,14 +123,21 @@ def _set_metrics(x_real: torch.Tensor, fake: torch.Tensor, n: int, seed: int) ->
 
 
 def _feature_metrics(embedded: dict, fake_labels, seed: int) -> dict:
-    """Per feature space: FID, KID, precision/recall, MMD, and from logits IS, classes and label accuracy."""
+    """Per feature space: FID, KID, precision/recall, MMD, and from logits IS, classes and label accuracy; for a
+    model with an encoder also FID and precision/recall of its reconstructions of the real images."""
     spaces = {}
-    for extractor, ((f_real, logits_real), (f_fake, logits)) in embedded.items():
+    for extractor, ((f_real, logits_real), (f_fake, logits), recon) in embedded.items():
         space = {"settings": dict(extractor.settings)}
         space["fid"] = sm.fid(f_real, f_fake)
         space.update(sm.kid(f_real, f_fake, seed=seed))
         space.update(sm.precision_recall(f_real, f_fake, k=3))
         space["mmd"] = sm.mmd(f_real, f_fake)
+        if recon is not None:
+            # rFID (as autoencoders are judged, e.g. Esser et al. 2021): the decoder's quality on codes the encoder
+            # gives. A sample FID far above it points at the prior's coverage, not at the decoder
+            pr = sm.precision_recall(f_real, recon[0], k=3)
+            space["reconstructions"] = {"fid": sm.fid(f_real, recon[0]), "precision": pr["precision"],
+                                        "recall": pr["recall"]}
         if logits is not None:
             space.update(sm.inception_score(logits, seed=seed))
             if isinstance(extractor, feats.ClassifierExtractor):
@@ -165,9 +184,11 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
                                                   progress=progress)
 
     fake, fake_labels = generate(model, n, seed, max(1, data.num_classes))
+    recon = reconstruct_all(model, x_real, y_real) if model.has_encoder else None
     embedded = {}
     for extractor in _resolve_features(list(features), cfg, data, inception_weights, download, progress and main):
-        embedded[extractor] = (embed(extractor, x_real), embed(extractor, fake))
+        embedded[extractor] = (embed(extractor, x_real), embed(extractor, fake),
+                               None if recon is None else embed(extractor, recon))
     generated = None
     if utility and model.is_conditional and data.train.labels is not None:
         generated = generate(model, len(data.train), seed + 1, data.num_classes)
@@ -218,6 +239,8 @@ def headline(result: dict) -> dict[str, float]:
         for key in ("fid", "kid", "is", "precision", "recall"):
             if key in space:
                 row[f"{key}_{tag}"] = space[key]
+        for key, value in space.get("reconstructions", {}).items():
+            row[f"recon_{key}_{tag}"] = value
         if "class_coverage" in space:
             row[f"classes_{tag}"] = space["class_coverage"]["classes_present"]
         if "conditional_accuracy" in space:  # conditional models: samples of class k classified as k
@@ -242,7 +265,7 @@ def better(metric: str) -> bool | None:
         return HIGHER_IS_BETTER[metric]
     if metric.startswith("label_accuracy"):
         return True
-    base = metric.split("_")[0]
+    base = metric.removeprefix("recon_").split("_")[0]
     return {"fid": False, "kid": False, "is": True, "precision": True, "recall": True, "classes": True}.get(base)
 
 
@@ -285,6 +308,8 @@ def report_markdown(result: dict) -> str:
             if key in space:
                 lines.append(f"| {key} | {_fmt(space[key])} |")
         lines.append(f"| MMD² (bandwidth {space['mmd']['bandwidth']:.3g}) | {_fmt(space['mmd']['mmd2'])} |")
+        for key, value in space.get("reconstructions", {}).items():
+            lines.append(f"| reconstructions of the real images: {key} | {_fmt(value)} |")
         if "class_coverage" in space:
             cc = space["class_coverage"]
             lines.append(f"| classes present (share >= {cc['class_presence_threshold']:.3g}) | {cc['classes_present']} of {cc['classes_total']} |")
