@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from conftest import built_model, parameters_of
 from vaelab.config import load_config
+from vaelab.errors import ConfigError
 from vaelab.models.avae import PIDController, l1, pull_away
 from vaelab.run import RunFolder
 from vaelab.training import UpdateContext, train
@@ -88,6 +89,34 @@ def test_avae_losses_compose_as_in_the_paper():
     mu, logvar = model.encode(x)
     kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1) / 4
     assert t["L_n"].item() == pytest.approx(kl.mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["avae-khan-mnist", "began-star-mnist"])
+def test_fake_margin_caps_the_discriminators_fake_term(preset):
+    """EBGAN's hinge: below the margin L_dis is the paper's; past it the fakes give the discriminator no gradient."""
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    extra = {"model.filters": 8, "model.latent_dim": 4}
+    paper = built_model(preset, **extra).eval()  # eval: BatchNorm's running stats, the same outputs every call
+    torch.manual_seed(1)
+    paper.controller.k = 0.5
+    t_paper = paper.losses(x)
+    assert t_paper["L_dis"].item() < t_paper["L_d"].item()  # the fakes lower L_dis
+    for margin in (100.0, 1e-6):
+        model = built_model(preset, **extra, **{"model.fake_margin": margin}).eval()
+        model.load_state_dict(paper.state_dict())
+        model.controller.k = 0.5
+        torch.manual_seed(1)  # the same z
+        t = model.losses(x)
+        assert t["L_d"].item() == pytest.approx(t_paper["L_d"].item(), rel=1e-6)
+        if margin == 100.0:  # below the margin: the paper's L_dis
+            assert t["L_dis"].item() == pytest.approx(t_paper["L_dis"].item(), rel=1e-6)
+            continue
+        # 0.5 min(L_fake, 1e-6): L_dis is L_d up to a constant, and its gradient is L_d's alone
+        assert t["L_dis"].item() == pytest.approx(t["L_d"].item() - 0.5e-6, rel=1e-5)
+        params = list(model.discriminator.parameters())
+        grads = torch.autograd.grad(t["L_dis"], params, retain_graph=True)
+        by_real = torch.autograd.grad(t["L_d"], params)
+        assert all(torch.allclose(a, b) for a, b in zip(grads, by_real))
 
 
 def test_vaegan_feature_loss_is_eq_8_on_the_chosen_discriminator_layer():
@@ -210,6 +239,18 @@ def test_avae_updates_touch_only_their_own_groups():
     assert rec.names == [["encoder", "decoder", "discriminator"]]  # Algorithm 1's order
 
 
+@pytest.mark.parametrize("preset", ["avae-khan-mnist", "began-star-mnist"])
+def test_discriminator_lr_sets_the_discriminators_rate_alone(preset):
+    rates = lambda model: {name: opt.param_groups[0]["lr"] for name, opt in model.configure_optimizers().items()}
+    same = rates(built_model(preset, **{"model.lr": 1e-3, "model.discriminator_lr": "null"}))
+    assert same == {name: pytest.approx(1e-3) for name in same}  # None: the paper's one rate for every network
+    two = rates(built_model(preset, **{"model.lr": 1e-3, "model.discriminator_lr": 2e-4}))
+    assert two == {name: pytest.approx(2e-4 if name == "discriminator" else 1e-3) for name in two}
+    assert set(two) == set(same) and "discriminator" in two
+    with pytest.raises(ConfigError, match="discriminator_lr"):
+        built_model(preset, **{"model.discriminator_lr": -1e-4})
+
+
 def test_vaegan_and_gvae_updates_touch_only_their_own_groups():
     torch.manual_seed(0)
     model = built_model("gvae-sagar-mnist", **{"model.n_critic": 5})  # the paper's schedule
@@ -273,10 +314,11 @@ PAPER_SETTINGS = {  # the published settings the paper presets must keep (model.
     "gvae-sagar-celeba128": {"latent_dim": 512, "gp_weight": 10.0, "n_critic": 5, "lr": 1e-4, "betas": [0.5, 0.9],
                              "dropout": 0.3, "stem_channels": 256, "generator_widths": [256, 128, 64], "adv_weight": 1.0},
     **{name: {"arch": "began", "alpha": 0.3, "beta": 0.1, "gamma": 0.1, "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5],
-              "kl_weight": 1.0, "adv_weight": 1.0, "kl_reduction": "mean", "lr": 5e-5, "filters": 64, "latent_dim": 64, "batch_size": 16}
+              "kl_weight": 1.0, "adv_weight": 1.0, "kl_reduction": "mean", "lr": 5e-5, "discriminator_lr": None,
+              "filters": 64, "latent_dim": 64, "batch_size": 16}
        for name in ("avae-khan-celeba64", "avae-khan-celeba128", "avae-khan-cifar10")},
-    "began-star-celeba64": {"arch": "began", "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5], "lr": 5e-5, "filters": 64,
-                            "latent_dim": 64, "batch_size": 16},
+    "began-star-celeba64": {"arch": "began", "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5], "lr": 5e-5,
+                            "discriminator_lr": None, "filters": 64, "latent_dim": 64, "batch_size": 16},
 }
 
 
@@ -285,7 +327,7 @@ def test_paper_presets_keep_the_papers_settings(preset):
     cfg = load_config(preset=preset)
     for key, value in PAPER_SETTINGS[preset].items():
         got = getattr(cfg.train if key == "batch_size" or key.startswith("lr_") else cfg.model, key)
-        assert got == (value if isinstance(value, str) else pytest.approx(value)), (preset, key)
+        assert got == (value if isinstance(value, (str, type(None))) else pytest.approx(value)), (preset, key)
 
 
 def test_gvae_critic_only_steps_build_no_graph_for_the_vae():

@@ -9,7 +9,7 @@ hidden code has the latent size. With x_v = Dec(z_v), z_v ~ q(z|x), and x_g = De
 - (7)  L_d = mean|x - AE(x)|,  L_g = mean|x_g - AE(x_g)|,  L_v = mean|x_v - AE(x_v)|
        (the paper's text writes L_g with x in place of x_g; this is the BEGAN form it means)
 - (9)  L_s = (1/|z_d|) ||z_d - z'_v||_1 between D_enc(x) and D_enc(x_v)
-- (13) L_dis = L_d - k_{t-1} (L_g + alpha L_v)
+- (13) L_dis = L_d - k_{t-1} (L_g + alpha L_v)   (``fake_margin`` m: k_{t-1} min(L_g + alpha L_v, m), EBGAN's hinge)
 - (14) L_gen = L_g + alpha L_v + beta L_s + gamma L_e
 - (15) L_enc = L_n + beta L_s + gamma L_e
 - (11) e_t = eta L_d - (L_g + alpha L_v)   (the BEGAN sign; the paper's text has a sign slip)
@@ -22,7 +22,8 @@ The networks work on images scaled to [-1, 1] and end linear, as BEGAN's do (``t
 The KL of (3) is averaged over latent dimensions (``kl_reduction: mean``), the 1/|z| normalisation the paper gives
 L_s in (9) and L_e in (2). Knobs beyond the paper, all at the paper's value by default and each set by the mnist5k
 presets with its measurement: ``kl_weight`` on L_n in (15), ``adv_weight`` on L_g + alpha L_v in (14),
-``pull_away_weight`` (EBGAN's repelling term on the codes of x_g), and ``arch: dcgan`` with ``generator_norm``.
+``pull_away_weight`` (EBGAN's repelling term on the codes of x_g), ``fake_margin`` (EBGAN's hinge on the fake term of
+(13)), ``discriminator_lr`` (two time-scale updates), and ``arch: dcgan`` with ``generator_norm``.
 """
 
 from __future__ import annotations
@@ -141,11 +142,17 @@ class AVAEConfig:
     eta: float = 0.5
     lambdas: list[float] = field(default_factory=lambda: [1e-3, 1e-5, 1e-5])
     k0: float = 0.0
+    # EBGAN's margin m (Zhao et al. 2017, eq. 1) on the fake term of L_dis: k min(L_g + alpha L_v, m), i.e.
+    # k [m - L_fake]^+ up to a constant; the discriminator stops pushing fakes away once they are m off. None: the
+    # paper's unbounded term, which only the controller's k_t -> 0 holds back
+    fake_margin: float | None = None
     kl_reduction: Literal["mean", "sum"] = "mean"
     kl_weight: float = 1.0  # the weight of L_n in (15): 1 in the paper
     adv_weight: float = 1.0  # the weight of the adversarial L_g + alpha L_v in (14): 1 in the paper
     pull_away_weight: float = 0.0  # EBGAN's pull-away term on the codes of x_g, added to (14); not in the paper
     lr: float = 5e-5
+    # the discriminator's own rate (two time-scale updates, Heusel et al. 2017); None: lr, as in the paper
+    discriminator_lr: float | None = None
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     logvar_min: float = -30.0
     logvar_max: float = 20.0
@@ -155,6 +162,10 @@ class AVAEConfig:
             raise ConfigError(f"model.lambdas must be three numbers (l1, l2, l3), got {self.lambdas}")
         if self.latent_dim < 1 or self.filters < 1:
             raise ConfigError("model.latent_dim and model.filters must be at least 1")
+        for name in ("lr", "discriminator_lr", "fake_margin"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"model.{name} must be positive (or null), got {value}")
 
 
 def default_levels(image_size: int) -> int:
@@ -171,6 +182,16 @@ class _BeganControlled:
         self.levels = c.levels if c.levels is not None else default_levels(c.image_size)
         self.discriminator = AutoencoderDiscriminator(c, self.levels)
         self.controller = PIDController(list(c.lambdas), c.k0)
+
+    def _adam(self, params, discriminator: bool = False) -> torch.optim.Adam:
+        c = self.config
+        rate = c.discriminator_lr if discriminator and c.discriminator_lr is not None else c.lr
+        return torch.optim.Adam(params, lr=rate, betas=tuple(c.betas))
+
+    def _fake_term(self, fake: torch.Tensor) -> torch.Tensor:
+        """The fake energy as L_dis sees it: capped at fake_margin when one is set (no gradient past it)."""
+        m = self.config.fake_margin
+        return fake if m is None else fake.clamp(max=m)
 
     def extra_state(self) -> dict:
         return {"controller": self.controller.state()}
@@ -193,10 +214,8 @@ class AVAE(_BeganControlled, GaussianLatentModel):
         self.decoder = decoder_net(c, c.latent_dim, self.levels, c.generator_norm)
 
     def configure_optimizers(self):
-        c = self.config
-        make = lambda params: torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas))
-        return {"encoder": make(self.encoder.parameters()), "decoder": make(self.decoder.parameters()),
-                "discriminator": make(self.discriminator.parameters())}
+        return {"encoder": self._adam(self.encoder.parameters()), "decoder": self._adam(self.decoder.parameters()),
+                "discriminator": self._adam(self.discriminator.parameters(), discriminator=True)}
 
     def encode(self, x, y=None):
         """x (B, C, H, W) in [0, 1] -> mu, logvar (B, latent_dim)."""
@@ -233,7 +252,7 @@ class AVAE(_BeganControlled, GaussianLatentModel):
             "L_pt": pull_away(code_g),
         }
         k = self.controller.k
-        t["L_dis"] = t["L_d"] - k * (t["L_g"] + c.alpha * t["L_v"])
+        t["L_dis"] = t["L_d"] - k * self._fake_term(t["L_g"] + c.alpha * t["L_v"])
         t["L_gen"] = c.adv_weight * (t["L_g"] + c.alpha * t["L_v"]) + c.beta * t["L_s"] + c.gamma * t["L_e"] \
             + c.pull_away_weight * t["L_pt"]
         t["L_enc"] = c.kl_weight * t["L_n"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
@@ -264,7 +283,9 @@ class BEGANStarConfig:
     eta: float = 0.5
     lambdas: list[float] = field(default_factory=lambda: [1e-3, 1e-5, 1e-5])
     k0: float = 0.0
+    fake_margin: float | None = None  # as AVAEConfig.fake_margin; None: the paper's unbounded term
     lr: float = 5e-5
+    discriminator_lr: float | None = None  # None: lr, as in the paper
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
 
     def validate(self) -> None:
@@ -284,24 +305,29 @@ class BEGANStar(_BeganControlled, GenerativeModel):
         self.generator = decoder_net(c, c.latent_dim, self.levels, c.generator_norm)
 
     def configure_optimizers(self):
-        c = self.config
-        return {"generator": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=tuple(c.betas)),
-                "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=tuple(c.betas))}
+        return {"generator": self._adam(self.generator.parameters()),
+                "discriminator": self._adam(self.discriminator.parameters(), discriminator=True)}
 
     def decode(self, z, y=None):
         return to_image(self.generator(z))
 
-    def training_step(self, batch, ctx):
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L_d, L_g, the pull-away term, L_G, L_dis, e_t and M for one batch x (B, C, H, W) in [0, 1]; scalars on the
+        [-1, 1] scale."""
         c = self.config
-        x = to_signed(batch["x"])
+        x = to_signed(x)
         x_g = self.generator(torch.randn(x.shape[0], c.latent_dim, device=x.device))
         codes, ae = self.discriminator(torch.cat([x, x_g]))
         ae_x, ae_g = ae.split(x.shape[0])
         t = {"L_d": l1(x, ae_x), "L_g": l1(x_g, ae_g), "L_pt": pull_away(codes[x.shape[0]:])}
         t["L_G"] = t["L_g"] + c.pull_away_weight * t["L_pt"]
-        t["L_dis"] = t["L_d"] - self.controller.k * t["L_g"]
+        t["L_dis"] = t["L_d"] - self.controller.k * self._fake_term(t["L_g"])
         balance = c.eta * t["L_d"] - t["L_g"]
         t["e"], t["M"] = balance.detach(), (t["L_d"] + balance.abs()).detach()
+        return t
+
+    def training_step(self, batch, ctx):
+        t = self.losses(batch["x"])
         ctx.update_many({"generator": t["L_G"], "discriminator": t["L_dis"]}, t)
         k = self.controller.update(float(ctx.mean_over_processes(t["e"])))
         return {**{key: v.detach() for key, v in t.items()}, "k": torch.tensor(k)}
