@@ -91,6 +91,44 @@ def test_avae_losses_compose_as_in_the_paper():
     assert t["L_n"].item() == pytest.approx(kl.mean().item(), rel=1e-5)
 
 
+def test_kl_warmup_ramps_the_weight_of_L_n_in_the_encoders_loss():
+    """L_enc = kl_weight min(1, (step + 1) / kl_warmup_steps) L_n + beta L_s + gamma L_e; no step: the full weight."""
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model = built_model("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4,
+                                              "model.kl_warmup_steps": 10}).eval()
+    c = model.config
+    for step, scale in ((0, 0.1), (4, 0.5), (9, 1.0), (500, 1.0), (None, 1.0)):
+        t = model.losses(x, step)
+        rest = c.beta * t["L_s"].item() + c.gamma * t["L_e"].item()
+        assert t["L_n"].item() > 0
+        assert t["L_enc"].item() == pytest.approx(scale * c.kl_weight * t["L_n"].item() + rest, rel=1e-5)
+    paper = built_model("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4})
+    assert paper.config.kl_warmup_steps == 0 and paper.kl_scale(0) == 1.0  # the paper: no warm-up
+    with pytest.raises(ConfigError, match="kl_warmup_steps"):
+        built_model("avae-khan-mnist", **{"model.kl_warmup_steps": -1})
+
+
+def test_avae_training_step_warms_the_kl_up_by_the_trainers_step():
+    """training_step hands ctx.step to the warm-up: at step 0 of 1,000 the encoder's L_n weighs 1/1,000."""
+    model = built_model("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4,
+                                              "model.kl_warmup_steps": 1000})
+    seen = {}
+
+    class Ctx:
+        step = 0
+
+        def update_many(self, losses, terms):
+            seen.update(terms)
+
+        def mean_over_processes(self, value):
+            return value
+
+    model.training_step({"x": torch.rand(4, 1, 28, 28)}, Ctx())
+    c = model.config
+    rest = c.beta * seen["L_s"].item() + c.gamma * seen["L_e"].item()
+    assert seen["L_enc"].item() == pytest.approx(1e-3 * c.kl_weight * seen["L_n"].item() + rest, rel=1e-5)
+
+
 @pytest.mark.parametrize("preset", ["avae-khan-mnist", "began-star-mnist"])
 def test_fake_margin_caps_the_discriminators_fake_term(preset):
     """EBGAN's hinge: below the margin L_dis is the paper's; past it the fakes give the discriminator no gradient."""

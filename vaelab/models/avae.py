@@ -20,10 +20,11 @@ gradients come from one forward pass, and L_dis uses k_{t-1}, so the controller'
 
 The networks work on images scaled to [-1, 1] and end linear, as BEGAN's do (``to_signed`` / ``to_image``).
 The KL of (3) is averaged over latent dimensions (``kl_reduction: mean``), the 1/|z| normalisation the paper gives
-L_s in (9) and L_e in (2). Knobs beyond the paper, all at the paper's value by default and each set by the mnist5k
-presets with its measurement: ``kl_weight`` on L_n in (15), ``adv_weight`` on L_g + alpha L_v in (14),
-``pull_away_weight`` (EBGAN's repelling term on the codes of x_g), ``fake_margin`` (EBGAN's hinge on the fake term of
-(13)), ``discriminator_lr`` (two time-scale updates), and ``arch: dcgan`` with ``generator_norm``.
+L_s in (9) and L_e in (2). Knobs beyond the paper, all at the paper's value by default (the mnist5k presets set the
+ones their measurements support, each with its measurement): ``kl_weight`` on L_n in (15), ``adv_weight`` on
+L_g + alpha L_v in (14), ``pull_away_weight`` (EBGAN's repelling term on the codes of x_g), ``fake_margin`` (EBGAN's
+hinge on the fake term of (13)), ``discriminator_lr`` (two time-scale updates), ``kl_warmup_steps`` (L_n's weight
+ramped up from 0), and ``arch: dcgan`` with ``generator_norm``.
 """
 
 from __future__ import annotations
@@ -148,6 +149,10 @@ class AVAEConfig:
     fake_margin: float | None = None
     kl_reduction: Literal["mean", "sum"] = "mean"
     kl_weight: float = 1.0  # the weight of L_n in (15): 1 in the paper
+    # KL warm-up (Bowman et al. 2016; Sonderby et al. 2016): L_n's weight rises linearly from 0 to kl_weight over the
+    # first kl_warmup_steps optimizer steps, so the encoder is not pressed onto the prior before the decoder can use
+    # its codes; 0: the paper's constant weight
+    kl_warmup_steps: int = 0
     adv_weight: float = 1.0  # the weight of the adversarial L_g + alpha L_v in (14): 1 in the paper
     pull_away_weight: float = 0.0  # EBGAN's pull-away term on the codes of x_g, added to (14); not in the paper
     lr: float = 5e-5
@@ -162,6 +167,8 @@ class AVAEConfig:
             raise ConfigError(f"model.lambdas must be three numbers (l1, l2, l3), got {self.lambdas}")
         if self.latent_dim < 1 or self.filters < 1:
             raise ConfigError("model.latent_dim and model.filters must be at least 1")
+        if getattr(self, "kl_warmup_steps", 0) < 0:
+            raise ConfigError(f"model.kl_warmup_steps must be 0 (no warm-up) or more, got {self.kl_warmup_steps}")
         for name in ("lr", "discriminator_lr", "fake_margin"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -228,9 +235,15 @@ class AVAE(_BeganControlled, GaussianLatentModel):
         """Pixel sum of absolute errors per image (B,) on the [0, 1] scale: an evaluation proxy, not a likelihood."""
         return (to_image(output) - x.float()).abs().flatten(1).sum(1)
 
-    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def kl_scale(self, step: int | None) -> float:
+        """The fraction of kl_weight on L_n at optimizer step ``step`` (0, 1, ...): (step + 1) / kl_warmup_steps up to
+        1; 1 without a warm-up or without a step (evaluation)."""
+        warmup = self.config.kl_warmup_steps
+        return 1.0 if step is None or warmup == 0 else min(1.0, (step + 1) / warmup)
+
+    def losses(self, x: torch.Tensor, step: int | None = None) -> dict[str, torch.Tensor]:
         """Every term of eqs. (2)-(15) for one batch x (B, C, H, W) in [0, 1], plus e_t and M; scalars, all
-        measured on the [-1, 1] scale the networks work in."""
+        measured on the [-1, 1] scale the networks work in. ``step``: the optimizer step, for the KL warm-up."""
         c = self.config
         x = to_signed(x)
         b = x.shape[0]
@@ -255,14 +268,14 @@ class AVAE(_BeganControlled, GaussianLatentModel):
         t["L_dis"] = t["L_d"] - k * self._fake_term(t["L_g"] + c.alpha * t["L_v"])
         t["L_gen"] = c.adv_weight * (t["L_g"] + c.alpha * t["L_v"]) + c.beta * t["L_s"] + c.gamma * t["L_e"] \
             + c.pull_away_weight * t["L_pt"]
-        t["L_enc"] = c.kl_weight * t["L_n"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
+        t["L_enc"] = c.kl_weight * self.kl_scale(step) * t["L_n"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
         balance = c.eta * t["L_d"] - (t["L_g"] + c.alpha * t["L_v"])
         t["e"] = balance.detach()
         t["M"] = (t["L_d"] + balance.abs()).detach()
         return t
 
     def training_step(self, batch, ctx):
-        t = self.losses(batch["x"])
+        t = self.losses(batch["x"], ctx.step)
         ctx.update_many({"encoder": t["L_enc"], "decoder": t["L_gen"], "discriminator": t["L_dis"]}, t)
         k = self.controller.update(float(ctx.mean_over_processes(t["e"])))
         return {**{key: v.detach() for key, v in t.items()}, "k": torch.tensor(k)}
