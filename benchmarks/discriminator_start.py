@@ -18,7 +18,7 @@ import time
 import torch
 
 from vaelab.config import fill_data_shape, load_config
-from vaelab.data import load_data
+from vaelab.data import first_images, load_data
 from vaelab.models import build_model
 from vaelab.models.avae import l1, to_signed
 
@@ -31,7 +31,7 @@ def plateau_curve(preset: str, rate: float, steps: int, every: int, seed: int = 
     torch.manual_seed(seed)
     discriminator = build_model(cfg.model).discriminator
     optimizer = torch.optim.Adam(discriminator.parameters(), lr=rate, betas=tuple(cfg.model.betas))
-    images = to_signed(data.train.images.float() / 255)
+    images = to_signed(first_images(data.train, len(data.train)))
     batches = torch.Generator().manual_seed(seed)
     curve = []
     for step in range(steps):
