@@ -163,16 +163,21 @@ class AVAEConfig:
     logvar_max: float = 20.0
 
     def validate(self) -> None:
-        if len(self.lambdas) != 3:
-            raise ConfigError(f"model.lambdas must be three numbers (l1, l2, l3), got {self.lambdas}")
-        if self.latent_dim < 1 or self.filters < 1:
-            raise ConfigError("model.latent_dim and model.filters must be at least 1")
-        if getattr(self, "kl_warmup_steps", 0) < 0:
+        validate_began_controlled(self)
+        if self.kl_warmup_steps < 0:
             raise ConfigError(f"model.kl_warmup_steps must be 0 (no warm-up) or more, got {self.kl_warmup_steps}")
-        for name in ("lr", "discriminator_lr", "fake_margin"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"model.{name} must be positive (or null), got {value}")
+
+
+def validate_began_controlled(c) -> None:
+    """The checks AVAEConfig and BEGANStarConfig share: the controller, the sizes, the rates and the margin."""
+    if len(c.lambdas) != 3:
+        raise ConfigError(f"model.lambdas must be three numbers (l1, l2, l3), got {c.lambdas}")
+    if c.latent_dim < 1 or c.filters < 1:
+        raise ConfigError("model.latent_dim and model.filters must be at least 1")
+    for name in ("lr", "discriminator_lr", "fake_margin"):
+        value = getattr(c, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"model.{name} must be positive (or null), got {value}")
 
 
 def default_levels(image_size: int) -> int:
@@ -302,7 +307,7 @@ class BEGANStarConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
 
     def validate(self) -> None:
-        AVAEConfig.validate(self)
+        validate_began_controlled(self)
 
 
 class BEGANStar(_BeganControlled, GenerativeModel):
