@@ -71,14 +71,15 @@ def test_l1_by_hand():
 
 def test_avae_losses_compose_as_in_the_paper():
     torch.manual_seed(0)
-    model = built_model("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4})
+    model = built_model("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4, "model.adv_weight": 0.7,
+                                              "model.prior_adv_weight": 0.4})
     model.controller.k = 0.25
     x = torch.rand(3, 1, 28, 28)
     t = model.losses(x)
     c = model.config
     a, b, g, eta, w = c.alpha, c.beta, c.gamma, c.eta, c.kl_weight
     assert t["L_dis"].item() == pytest.approx(t["L_d"].item() - 0.25 * (t["L_g"].item() + a * t["L_v"].item()), rel=1e-5)
-    adv = c.adv_weight * (t["L_g"].item() + a * t["L_v"].item())
+    adv = 0.7 * (0.4 * t["L_g"].item() + a * t["L_v"].item())  # L_dis and e keep L_g + alpha L_v
     pt = c.pull_away_weight * t["L_pt"].item()
     assert t["L_gen"].item() == pytest.approx(adv + b * t["L_s"].item() + g * t["L_e"].item() + pt, rel=1e-5)
     assert t["L_enc"].item() == pytest.approx(w * t["L_n"].item() + b * t["L_s"].item() + g * t["L_e"].item(), rel=1e-5)
@@ -89,6 +90,8 @@ def test_avae_losses_compose_as_in_the_paper():
     mu, logvar = model.encode(x)
     kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1) / 4
     assert t["L_n"].item() == pytest.approx(kl.mean().item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="prior_adv_weight"):
+        built_model("avae-khan-mnist", **{"model.prior_adv_weight": -0.5})
 
 
 def test_kl_warmup_ramps_the_weight_of_L_n_in_the_encoders_loss():
@@ -352,7 +355,7 @@ PAPER_SETTINGS = {  # the published settings the paper presets must keep (model.
     "gvae-sagar-celeba128": {"latent_dim": 512, "gp_weight": 10.0, "n_critic": 5, "lr": 1e-4, "betas": [0.5, 0.9],
                              "dropout": 0.3, "stem_channels": 256, "generator_widths": [256, 128, 64], "adv_weight": 1.0},
     **{name: {"arch": "began", "alpha": 0.3, "beta": 0.1, "gamma": 0.1, "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5],
-              "kl_weight": 1.0, "adv_weight": 1.0, "kl_reduction": "mean", "lr": 5e-5, "discriminator_lr": None,
+              "kl_weight": 1.0, "adv_weight": 1.0, "prior_adv_weight": 1.0, "kl_reduction": "mean", "lr": 5e-5, "discriminator_lr": None,
               "filters": 64, "latent_dim": 64, "batch_size": 16}
        for name in ("avae-khan-celeba64", "avae-khan-celeba128", "avae-khan-cifar10")},
     "began-star-celeba64": {"arch": "began", "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5], "lr": 5e-5,

@@ -10,7 +10,7 @@ hidden code has the latent size. With x_v = Dec(z_v), z_v ~ q(z|x), and x_g = De
        (the paper's text writes L_g with x in place of x_g; this is the BEGAN form it means)
 - (9)  L_s = (1/|z_d|) ||z_d - z'_v||_1 between D_enc(x) and D_enc(x_v)
 - (13) L_dis = L_d - k_{t-1} (L_g + alpha L_v)   (``fake_margin`` m: k_{t-1} min(L_g + alpha L_v, m), EBGAN's hinge)
-- (14) L_gen = L_g + alpha L_v + beta L_s + gamma L_e
+- (14) L_gen = L_g + alpha L_v + beta L_s + gamma L_e   (``adv_weight`` a (p L_g + alpha L_v), p ``prior_adv_weight``)
 - (15) L_enc = L_n + beta L_s + gamma L_e
 - (11) e_t = eta L_d - (L_g + alpha L_v)   (the BEGAN sign; the paper's text has a sign slip)
 - (12) k_t = clip(k_{t-1} + l1 e_t + l2 (e_t - e_{t-1}) + l3 (e_t + e_{t-2} - 2 e_{t-1}), 0, 1)
@@ -22,8 +22,8 @@ The networks work on images scaled to [-1, 1] and end linear, as BEGAN's do (``t
 The KL of (3) is averaged over latent dimensions (``kl_reduction: mean``), the 1/|z| normalisation the paper gives
 L_s in (9) and L_e in (2). Knobs beyond the paper, all at the paper's value by default (the mnist5k presets set the
 ones their measurements support, each with its measurement): ``kl_weight`` on L_n in (15), ``adv_weight`` on
-L_g + alpha L_v in (14), ``pull_away_weight`` (EBGAN's repelling term on the codes of x_g), ``fake_margin`` (EBGAN's
-hinge on the fake term of (13)), ``discriminator_lr`` (two time-scale updates), ``kl_warmup_steps`` (L_n's weight
+L_g + alpha L_v in (14) and ``prior_adv_weight`` on its L_g, ``pull_away_weight`` (EBGAN's repelling term on the
+codes of x_g), ``fake_margin`` (EBGAN's hinge on the fake term of (13)), ``discriminator_lr`` (two time-scale updates), ``kl_warmup_steps`` (L_n's weight
 ramped up from 0), and ``arch: dcgan`` with ``generator_norm``.
 """
 
@@ -154,6 +154,10 @@ class AVAEConfig:
     # its codes; 0: the paper's constant weight
     kl_warmup_steps: int = 0
     adv_weight: float = 1.0  # the weight of the adversarial L_g + alpha L_v in (14): 1 in the paper
+    # a further weight on L_g alone in (14) (the prior samples' term; L_dis and e_t keep L_g + alpha L_v): the
+    # auto-encoder's L1 energy is lower for digits with less ink, and pressing the prior samples' energy down draws
+    # those digits more often; x_v's term has L_e beside it to hold each reconstruction to its digit. 1: the paper's
+    prior_adv_weight: float = 1.0
     pull_away_weight: float = 0.0  # EBGAN's pull-away term on the codes of x_g, added to (14); not in the paper
     lr: float = 5e-5
     # the discriminator's own rate (two time-scale updates, Heusel et al. 2017); None: lr, as in the paper
@@ -164,6 +168,8 @@ class AVAEConfig:
 
     def validate(self) -> None:
         validate_began_controlled(self)
+        if self.prior_adv_weight < 0:
+            raise ConfigError(f"model.prior_adv_weight must be 0 or more, got {self.prior_adv_weight}")
         if self.kl_warmup_steps < 0:
             raise ConfigError(f"model.kl_warmup_steps must be 0 (no warm-up) or more, got {self.kl_warmup_steps}")
 
@@ -271,7 +277,8 @@ class AVAE(_BeganControlled, GaussianLatentModel):
         }
         k = self.controller.k
         t["L_dis"] = t["L_d"] - k * self._fake_term(t["L_g"] + c.alpha * t["L_v"])
-        t["L_gen"] = c.adv_weight * (t["L_g"] + c.alpha * t["L_v"]) + c.beta * t["L_s"] + c.gamma * t["L_e"] \
+        t["L_gen"] = c.adv_weight * (c.prior_adv_weight * t["L_g"] + c.alpha * t["L_v"]) + c.beta * t["L_s"] \
+            + c.gamma * t["L_e"] \
             + c.pull_away_weight * t["L_pt"]
         t["L_enc"] = c.kl_weight * self.kl_scale(step) * t["L_n"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
         balance = c.eta * t["L_d"] - (t["L_g"] + c.alpha * t["L_v"])
