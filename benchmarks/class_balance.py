@@ -9,6 +9,10 @@ For each run: ``pool`` prior samples are classified by the domain classifier; FI
 proportions but the same digits would gain. For a run with an auto-encoder discriminator, also the mean L1 energy
 (the discriminator's reconstruction error on the [-1, 1] scale) and ink (mean pixel) of the test digits per class:
 BEGAN's energy is lower for digits with less ink, and a generator that lowers its energy draws those more often.
+For a model with an encoder, also where the prior samples' classes come from: for 2,000 z ~ N(0, I), the class of
+the training image whose posterior q(z|x) is densest at z (the prior mass the encoder gives each class), against
+the class the domain classifier sees in Dec(z) for the same z; and the share of z in the aggregate posterior's
+holes (density below that of 95% of the posterior samples).
 """
 
 from __future__ import annotations
@@ -31,6 +35,23 @@ def per_class_energy(model, x: torch.Tensor, y: torch.Tensor) -> list[tuple[floa
         signed = to_signed(x)
         energy = (signed - model.discriminator(signed)[1]).abs().flatten(1).mean(1)
     return [(float(energy[y == c].mean()), float(x[y == c].mean())) for c in range(int(y.max()) + 1)]
+
+
+def posterior_owners(model, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For prior samples z (M, D): the label of the training image (x (N, C, H, W), y (N,)) whose posterior is densest
+    at each z (M,), and whether each z lies in a hole of the aggregate posterior (M,) bool."""
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+    var = logvar.exp()
+
+    def log_q(points: torch.Tensor) -> torch.Tensor:  # (M, N): log q(point | x_n) up to a shared constant
+        return torch.stack([(-0.5 * ((p - mu) ** 2 / var + logvar)).sum(1) for p in points])
+
+    at_prior = log_q(z)
+    picks = torch.randint(0, len(x), (len(z),))
+    at_posterior = log_q(mu[picks] + var[picks].sqrt() * torch.randn_like(z)).logsumexp(1)
+    hole = at_prior.logsumexp(1) < torch.quantile(at_posterior, 0.05)
+    return y[at_prior.argmax(1)], hole
 
 
 def balance_report(run: str, weights: str, pool: int, seed: int = 0) -> None:
@@ -57,6 +78,16 @@ def balance_report(run: str, weights: str, pool: int, seed: int = 0) -> None:
         print("  class  energy  ink")
         for c, (energy, ink) in enumerate(rows):
             print(f"  {c:>5}  {energy:.3f}   {ink:.3f}")
+    if hasattr(model, "encode"):
+        torch.manual_seed(seed)
+        z = torch.randn(2000, model.config.latent_dim)
+        owner, hole = posterior_owners(model, first_images(data.train, len(data.train)), data.train.labels, z)
+        with torch.no_grad():
+            decoded = extractor.embed(model.decode(z))[1].argmax(1)
+        print(f"  2,000 z ~ N(0, I): densest posterior's class {torch.bincount(owner, minlength=classes).tolist()}")
+        print(f"                     class of Dec(z)          {torch.bincount(decoded, minlength=classes).tolist()}")
+        print(f"  the two agree for {float((owner == decoded).double().mean()):.2f} of z; {float(hole.double().mean()):.2f} "
+              f"of z in the aggregate posterior's holes (agreement there {float((owner == decoded)[hole].double().mean()):.2f})")
 
 
 def main() -> None:

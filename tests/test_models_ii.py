@@ -355,8 +355,8 @@ PAPER_SETTINGS = {  # the published settings the paper presets must keep (model.
     "gvae-sagar-celeba128": {"latent_dim": 512, "gp_weight": 10.0, "n_critic": 5, "lr": 1e-4, "betas": [0.5, 0.9],
                              "dropout": 0.3, "stem_channels": 256, "generator_widths": [256, 128, 64], "adv_weight": 1.0},
     **{name: {"arch": "began", "alpha": 0.3, "beta": 0.1, "gamma": 0.1, "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5],
-              "kl_weight": 1.0, "adv_weight": 1.0, "prior_adv_weight": 1.0, "kl_reduction": "mean", "lr": 5e-5, "discriminator_lr": None,
-              "filters": 64, "latent_dim": 64, "batch_size": 16}
+              "kl_weight": 1.0, "adv_weight": 1.0, "prior_adv_weight": 1.0, "kl_reduction": "mean", "lr": 5e-5,
+              "discriminator_lr": None, "filters": 64, "latent_dim": 64, "batch_size": 16}
        for name in ("avae-khan-celeba64", "avae-khan-celeba128", "avae-khan-cifar10")},
     "began-star-celeba64": {"arch": "began", "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5], "lr": 5e-5,
                             "discriminator_lr": None, "filters": 64, "latent_dim": 64, "batch_size": 16},

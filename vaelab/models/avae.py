@@ -23,8 +23,8 @@ The KL of (3) is averaged over latent dimensions (``kl_reduction: mean``), the 1
 L_s in (9) and L_e in (2). Knobs beyond the paper, all at the paper's value by default (the mnist5k presets set the
 ones their measurements support, each with its measurement): ``kl_weight`` on L_n in (15), ``adv_weight`` on
 L_g + alpha L_v in (14) and ``prior_adv_weight`` on its L_g, ``pull_away_weight`` (EBGAN's repelling term on the
-codes of x_g), ``fake_margin`` (EBGAN's hinge on the fake term of (13)), ``discriminator_lr`` (two time-scale updates), ``kl_warmup_steps`` (L_n's weight
-ramped up from 0), and ``arch: dcgan`` with ``generator_norm``.
+codes of x_g), ``fake_margin`` (EBGAN's hinge on the fake term of (13)), ``discriminator_lr`` (two time-scale
+updates), ``kl_warmup_steps`` (L_n's weight ramped up from 0), and ``arch: dcgan`` with ``generator_norm``.
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ class AVAEConfig:
     # a further weight on L_g alone in (14) (the prior samples' term; L_dis and e_t keep L_g + alpha L_v): the
     # auto-encoder's L1 energy is lower for digits with less ink, and pressing the prior samples' energy down draws
     # those digits more often; x_v's term has L_e beside it to hold each reconstruction to its digit. 1: the paper's
+    # (mnist5k, 0.3: a slightly flatter class mix, worse FID; benchmarks/RESULTS.md, "AVAE", session 15)
     prior_adv_weight: float = 1.0
     pull_away_weight: float = 0.0  # EBGAN's pull-away term on the codes of x_g, added to (14); not in the paper
     lr: float = 5e-5
