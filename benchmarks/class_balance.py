@@ -24,13 +24,12 @@ import torch
 from vaelab.data import first_images, load_data
 from vaelab.metrics import features as feats
 from vaelab.metrics import samples as sm
+from vaelab.models.avae import to_signed
 from vaelab.run import load
 
 
 def per_class_energy(model, x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
     """[(mean discriminator L1 energy, mean pixel)] per class of test images x (N, C, H, W) in [0, 1], labels y (N,)."""
-    from vaelab.models.avae import to_signed
-
     with torch.no_grad():
         signed = to_signed(x)
         energy = (signed - model.discriminator(signed)[1]).abs().flatten(1).mean(1)
