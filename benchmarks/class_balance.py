@@ -3,7 +3,7 @@ discriminator's energy favours some digits.
 
     python benchmarks/class_balance.py RUN [RUN ...] [--weights best|last] [--pool 4000]
 
-For each run: ``pool`` prior samples are classified by the domain classifier; FID, precision and recall against the
+For each run of an unconditional model: ``pool`` prior samples are classified by the domain classifier; FID, precision and recall against the
 1,000 test images (the space and sizes `vaelab evaluate --num-samples 1000` uses) of the first 1,000 samples, and of
 1,000 samples drawn 100 per predicted class from the pool. The difference is what a generator with the data's class
 proportions but the same digits would gain. For a run with an auto-encoder discriminator, also the mean L1 energy
@@ -24,7 +24,8 @@ import torch
 from vaelab.data import first_images, load_data
 from vaelab.metrics import features as feats
 from vaelab.metrics import samples as sm
-from vaelab.models.avae import to_signed
+from vaelab.models.avae import AutoencoderDiscriminator, to_signed
+from vaelab.models.base import GaussianLatentModel
 from vaelab.run import load
 
 
@@ -72,12 +73,12 @@ def balance_report(run: str, weights: str, pool: int, seed: int = 0) -> None:
         pr = sm.precision_recall(f_real, f_fake[idx], k=3)
         print(f"  {name:>13} ({len(idx)}): FID {sm.fid(f_real, f_fake[idx]):.1f}  precision {pr['precision']:.2f}  "
               f"recall {pr['recall']:.2f}")
-    if hasattr(model, "discriminator") and hasattr(model.discriminator, "encoder"):
+    if isinstance(getattr(model, "discriminator", None), AutoencoderDiscriminator):
         rows = per_class_energy(model, x_test, data.test.labels)
         print("  class  energy  ink")
         for c, (energy, ink) in enumerate(rows):
             print(f"  {c:>5}  {energy:.3f}   {ink:.3f}")
-    if hasattr(model, "encode"):
+    if isinstance(model, GaussianLatentModel):
         torch.manual_seed(seed)
         z = torch.randn(2000, model.config.latent_dim)
         owner, hole = posterior_owners(model, first_images(data.train, len(data.train)), data.train.labels, z)
