@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from conftest import built_model, parameters_of
 from vaelab.config import load_config
 from vaelab.errors import ConfigError
+from vaelab.losses import imq_mmd2
 from vaelab.models.avae import PIDController, l1, pull_away
 from vaelab.run import RunFolder
 from vaelab.training import UpdateContext, train
@@ -92,6 +93,31 @@ def test_avae_losses_compose_as_in_the_paper():
     assert t["L_n"].item() == pytest.approx(kl.mean().item(), rel=1e-5)
     with pytest.raises(ConfigError, match="prior_adv_weight"):
         built_model("avae-khan-mnist", **{"model.prior_adv_weight": -0.5})
+
+
+def test_aggregate_mmd_term_is_imq_mmd_between_the_posterior_and_prior_samples_in_the_encoders_loss():
+    """L_mmd = MMD^2(z_v, z_g) for the batch's own z_v ~ q(z|x) and z_g ~ N(0, I) (the decoder's inputs), weighted
+    into L_enc alone; off (no term) at the paper's 0."""
+    sizes = {"model.filters": 8, "model.latent_dim": 4}
+    model = built_model("avae-khan-mnist", **sizes, **{"model.aggregate_mmd_weight": 3.0}).eval()
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    t = model.losses(x)
+    torch.manual_seed(1)
+    mu, logvar = model.encoder(2 * x - 1).chunk(2, dim=1)
+    z_v = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    z_g = torch.randn_like(mu)
+    assert t["L_mmd"].item() == pytest.approx(imq_mmd2(z_v, z_g).item(), rel=1e-5)
+    assert t["L_mmd"].item() != pytest.approx(imq_mmd2(mu, z_g).item(), rel=1e-3)  # the samples, not the means
+    c = model.config
+    rest = c.kl_weight * t["L_n"].item() + c.beta * t["L_s"].item() + c.gamma * t["L_e"].item()
+    assert t["L_enc"].item() == pytest.approx(rest + 3.0 * t["L_mmd"].item(), rel=1e-5)
+    adv = c.adv_weight * (c.prior_adv_weight * t["L_g"].item() + c.alpha * t["L_v"].item())
+    gen = adv + c.beta * t["L_s"].item() + c.gamma * t["L_e"].item() + c.pull_away_weight * t["L_pt"].item()
+    assert t["L_gen"].item() == pytest.approx(gen, rel=1e-5)  # the decoder's loss has no MMD
+    assert "L_mmd" not in built_model("avae-khan-mnist", **sizes).losses(x)
+    with pytest.raises(ConfigError, match="aggregate_mmd_weight"):
+        built_model("avae-khan-mnist", **{"model.aggregate_mmd_weight": -1.0})
 
 
 def test_kl_warmup_ramps_the_weight_of_L_n_in_the_encoders_loss():
@@ -355,7 +381,8 @@ PAPER_SETTINGS = {  # the published settings the paper presets must keep (model.
     "gvae-sagar-celeba128": {"latent_dim": 512, "gp_weight": 10.0, "n_critic": 5, "lr": 1e-4, "betas": [0.5, 0.9],
                              "dropout": 0.3, "stem_channels": 256, "generator_widths": [256, 128, 64], "adv_weight": 1.0},
     **{name: {"arch": "began", "alpha": 0.3, "beta": 0.1, "gamma": 0.1, "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5],
-              "kl_weight": 1.0, "adv_weight": 1.0, "prior_adv_weight": 1.0, "kl_reduction": "mean", "lr": 5e-5,
+              "kl_weight": 1.0, "adv_weight": 1.0, "prior_adv_weight": 1.0, "aggregate_mmd_weight": 0.0,
+              "kl_reduction": "mean", "lr": 5e-5,
               "discriminator_lr": None, "filters": 64, "latent_dim": 64, "batch_size": 16}
        for name in ("avae-khan-celeba64", "avae-khan-celeba128", "avae-khan-cifar10")},
     "began-star-celeba64": {"arch": "began", "eta": 0.5, "lambdas": [1e-3, 1e-5, 1e-5], "lr": 5e-5,

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import unbiased_mmd2
+
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 # torchmetrics warns that KID and IS keep their features in memory; ours are in memory already.
@@ -82,10 +84,8 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> dic
         off_diag = d2[:n, :n][~torch.eye(n, dtype=torch.bool)]
         bandwidth = float(off_diag.sqrt().median())
     k = torch.exp(-d2 / (2 * bandwidth**2))
-    n, m = len(x), len(y)
-    kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
-    value = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) \
-        - 2 * kxy.mean()
+    n = len(x)
+    value = unbiased_mmd2(k[:n, :n], k[n:, n:], k[:n, n:])
     return {"mmd2": float(value), "bandwidth": bandwidth, "bandwidth_rule": "median pairwise distance of the real set"}
 
 

@@ -24,7 +24,8 @@ L_s in (9) and L_e in (2). Knobs beyond the paper, all at the paper's value by d
 ones their measurements support, each with its measurement): ``kl_weight`` on L_n in (15), ``adv_weight`` on
 L_g + alpha L_v in (14) and ``prior_adv_weight`` on its L_g, ``pull_away_weight`` (EBGAN's repelling term on the
 codes of x_g), ``fake_margin`` (EBGAN's hinge on the fake term of (13)), ``discriminator_lr`` (two time-scale
-updates), ``kl_warmup_steps`` (L_n's weight ramped up from 0), and ``arch: dcgan`` with ``generator_norm``.
+updates), ``kl_warmup_steps`` (L_n's weight ramped up from 0), ``aggregate_mmd_weight`` (InfoVAE's MMD between
+the posterior and prior samples, added to (15)), and ``arch: dcgan`` with ``generator_norm``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import kl_standard_normal
+from ..losses import imq_mmd2, kl_standard_normal
 from .base import GaussianLatentModel, GenerativeModel
 from .blocks import BeganDecoder, BeganEncoder, ConvDecoder, ConvEncoder
 
@@ -153,6 +154,11 @@ class AVAEConfig:
     # first kl_warmup_steps optimizer steps, so the encoder is not pressed onto the prior before the decoder can use
     # its codes; 0: the paper's constant weight
     kl_warmup_steps: int = 0
+    # InfoVAE / WAE-MMD (Zhao et al. 2019; Tolstikhin et al. 2018): a weight on MMD^2 between the batch's posterior
+    # samples z_v and the prior samples z_g, added to (15). The KL of (3) pulls each posterior to the prior; this
+    # pulls their aggregate q(z) = E_x q(z|x) onto it, so z ~ N(0, I) lands where codes of every class are and the
+    # prior's mass per class follows the data. 0: the paper's (15)
+    aggregate_mmd_weight: float = 0.0
     adv_weight: float = 1.0  # the weight of the adversarial L_g + alpha L_v in (14): 1 in the paper
     # a further weight on L_g alone in (14) (the prior samples' term; L_dis and e_t keep L_g + alpha L_v): the
     # auto-encoder's L1 energy is lower for digits with less ink, and pressing the prior samples' energy down draws
@@ -171,6 +177,8 @@ class AVAEConfig:
         validate_began_controlled(self)
         if self.prior_adv_weight < 0:
             raise ConfigError(f"model.prior_adv_weight must be 0 or more, got {self.prior_adv_weight}")
+        if self.aggregate_mmd_weight < 0:
+            raise ConfigError(f"model.aggregate_mmd_weight must be 0 (off) or more, got {self.aggregate_mmd_weight}")
         if self.kl_warmup_steps < 0:
             raise ConfigError(f"model.kl_warmup_steps must be 0 (no warm-up) or more, got {self.kl_warmup_steps}")
 
@@ -263,7 +271,8 @@ class AVAE(_BeganControlled, GaussianLatentModel):
         # One decoder pass over z_v ~ q(z|x) and z_g ~ N(0, I), one discriminator pass over x, x_v, x_g: with
         # BatchNorm in the decoder, separate passes normalise the prior batch by its own statistics, and the decoder
         # learned to tell the two apart (reconstructions fine, every prior sample one digit; RESULTS.md)
-        x_v, x_g = self.decoder(torch.cat([self.reparameterize(mu, logvar), torch.randn_like(mu)])).split(b)
+        z_post, z_prior = self.reparameterize(mu, logvar), torch.randn_like(mu)
+        x_v, x_g = self.decoder(torch.cat([z_post, z_prior])).split(b)
         codes, ae = self.discriminator(torch.cat([x, x_v, x_g]))
         (z_d, z_v, code_g), (ae_x, ae_v, ae_g) = codes.split(b), ae.split(b)
         kl = kl_standard_normal(mu, logvar)
@@ -276,12 +285,17 @@ class AVAE(_BeganControlled, GaussianLatentModel):
             "L_s": l1(z_d, z_v),
             "L_pt": pull_away(code_g),
         }
+        if c.aggregate_mmd_weight > 0:
+            # the prior samples are noise, not a function of the weights: only the encoder gets this gradient
+            t["L_mmd"] = imq_mmd2(z_post, z_prior)
         k = self.controller.k
         t["L_dis"] = t["L_d"] - k * self._fake_term(t["L_g"] + c.alpha * t["L_v"])
         t["L_gen"] = c.adv_weight * (c.prior_adv_weight * t["L_g"] + c.alpha * t["L_v"]) + c.beta * t["L_s"] \
             + c.gamma * t["L_e"] \
             + c.pull_away_weight * t["L_pt"]
         t["L_enc"] = c.kl_weight * self.kl_scale(step) * t["L_n"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
+        if "L_mmd" in t:
+            t["L_enc"] = t["L_enc"] + c.aggregate_mmd_weight * t["L_mmd"]
         balance = c.eta * t["L_d"] - (t["L_g"] + c.alpha * t["L_v"])
         t["e"] = balance.detach()
         t["M"] = (t["L_d"] + balance.abs()).detach()
