@@ -1,5 +1,6 @@
 """Models II: VAE-GAN, GVAE, AVAE and BEGAN*."""
 
+import copy
 import json
 import math
 
@@ -118,6 +119,41 @@ def test_aggregate_mmd_term_is_imq_mmd_between_the_posterior_and_prior_samples_i
     assert "L_mmd" not in built_model("avae-khan-mnist", **sizes).losses(x)
     with pytest.raises(ConfigError, match="aggregate_mmd_weight"):
         built_model("avae-khan-mnist", **{"model.aggregate_mmd_weight": -1.0})
+
+
+def test_latent_regression_is_the_encoders_nll_of_each_prior_sample_given_its_decoding():
+    """L_z = -log q(z_g | Dec(z_g)) / |z| with the encoder's running BatchNorm statistics, weighted into the decoder's
+    L_gen alone; the pass over the samples leaves the encoder's running statistics as the real batch left them."""
+    sizes = {"model.filters": 8, "model.latent_dim": 4}
+    model = built_model("avae-khan-mnist", **sizes, **{"model.latent_regression_weight": 0.5})
+    plain = built_model("avae-khan-mnist", **sizes)
+    plain.load_state_dict(model.state_dict())
+    start = copy.deepcopy(model.state_dict())
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    t = model.losses(x)
+    torch.manual_seed(1)
+    u = plain.losses(x)
+    for a, b in zip(model.encoder.modules(), plain.encoder.modules()):
+        if isinstance(a, torch.nn.BatchNorm2d):  # only the real batch moved them, in both
+            assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+    for key in ("L_e", "L_g", "L_v", "L_enc", "L_dis"):
+        assert t[key].item() == pytest.approx(u[key].item(), rel=1e-6), key
+    # by hand from the same start and draws: x_g decoded in the training batch, encoded with running statistics
+    model.load_state_dict(start)
+    torch.manual_seed(1)
+    mu, logvar = model.encoder(2 * x - 1).chunk(2, dim=1)
+    z_v = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    z_g = torch.randn_like(mu)
+    x_g = model.decoder(torch.cat([z_v, z_g]))[6:]
+    model.encoder.eval()
+    mu_g, logvar_g = model.encoder(x_g).chunk(2, dim=1)
+    nll = 0.5 * ((z_g - mu_g) ** 2 / logvar_g.exp() + logvar_g + math.log(2 * math.pi)).sum(1).mean() / 4
+    assert t["L_z"].item() == pytest.approx(nll.item(), rel=1e-4)
+    assert t["L_gen"].item() == pytest.approx(u["L_gen"].item() + 0.5 * t["L_z"].item(), rel=1e-5)
+    assert "L_z" not in u
+    with pytest.raises(ConfigError, match="latent_regression_weight"):
+        built_model("avae-khan-mnist", **{"model.latent_regression_weight": -1.0})
 
 
 def test_kl_warmup_ramps_the_weight_of_L_n_in_the_encoders_loss():

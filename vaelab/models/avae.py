@@ -25,7 +25,8 @@ ones their measurements support, each with its measurement): ``kl_weight`` on L_
 L_g + alpha L_v in (14) and ``prior_adv_weight`` on its L_g, ``pull_away_weight`` (EBGAN's repelling term on the
 codes of x_g), ``fake_margin`` (EBGAN's hinge on the fake term of (13)), ``discriminator_lr`` (two time-scale
 updates), ``kl_warmup_steps`` (L_n's weight ramped up from 0), ``aggregate_mmd_weight`` (InfoVAE's MMD between
-the posterior and prior samples, added to (15)), and ``arch: dcgan`` with ``generator_norm``.
+the posterior and prior samples, added to (15)), ``latent_regression_weight`` (InfoGAN's -log q(z_g | Dec(z_g)),
+added to (14)), and ``arch: dcgan`` with ``generator_norm``.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import imq_mmd2, kl_standard_normal
+from ..losses import imq_mmd2, kl_standard_normal, log_normal
 from .base import GaussianLatentModel, GenerativeModel
-from .blocks import BeganDecoder, BeganEncoder, ConvDecoder, ConvEncoder
+from .blocks import BeganDecoder, BeganEncoder, ConvDecoder, ConvEncoder, running_batch_statistics
 
 
 class PIDController:
@@ -159,6 +160,11 @@ class AVAEConfig:
     # pulls their aggregate q(z) = E_x q(z|x) onto it, so z ~ N(0, I) lands where codes of every class are and the
     # prior's mass per class follows the data. 0: the paper's (15)
     aggregate_mmd_weight: float = 0.0
+    # latent regression (InfoGAN's bound on I(z; Dec(z)), Chen et al. 2016, eq. 4; BicycleGAN's cLR): a weight on
+    # L_z = -log q(z_g | x_g) / |z|, the encoder's density at the prior sample z_g for its own decoding x_g, added to
+    # the decoder's (14). It asks the decoder to draw, for z_g, an image the encoder maps back to z_g, i.e. the digit
+    # whose posteriors hold z_g, not whichever digit the discriminator finds cheapest. 0: the paper's (14)
+    latent_regression_weight: float = 0.0
     adv_weight: float = 1.0  # the weight of the adversarial L_g + alpha L_v in (14): 1 in the paper
     # a further weight on L_g alone in (14) (the prior samples' term; L_dis and e_t keep L_g + alpha L_v): the
     # auto-encoder's L1 energy is lower for digits with less ink, and pressing the prior samples' energy down draws
@@ -177,6 +183,9 @@ class AVAEConfig:
         validate_began_controlled(self)
         if self.prior_adv_weight < 0:
             raise ConfigError(f"model.prior_adv_weight must be 0 or more, got {self.prior_adv_weight}")
+        if self.latent_regression_weight < 0:
+            raise ConfigError(f"model.latent_regression_weight must be 0 (off) or more, got "
+                              f"{self.latent_regression_weight}")
         if self.aggregate_mmd_weight < 0:
             raise ConfigError(f"model.aggregate_mmd_weight must be 0 (off) or more, got {self.aggregate_mmd_weight}")
         if self.kl_warmup_steps < 0:
@@ -288,11 +297,17 @@ class AVAE(_BeganControlled, GaussianLatentModel):
         if c.aggregate_mmd_weight > 0:
             # the prior samples are noise, not a function of the weights: only the encoder gets this gradient
             t["L_mmd"] = imq_mmd2(z_post, z_prior)
+        if c.latent_regression_weight > 0:
+            with running_batch_statistics(self.encoder):  # x_g's statistics stay out of the real batch's
+                mu_g, logvar_g = self.split_moments(self.encoder(x_g))
+            t["L_z"] = -log_normal(z_prior, mu_g, logvar_g).mean() / c.latent_dim
         k = self.controller.k
         t["L_dis"] = t["L_d"] - k * self._fake_term(t["L_g"] + c.alpha * t["L_v"])
         t["L_gen"] = c.adv_weight * (c.prior_adv_weight * t["L_g"] + c.alpha * t["L_v"]) + c.beta * t["L_s"] \
             + c.gamma * t["L_e"] \
             + c.pull_away_weight * t["L_pt"]
+        if "L_z" in t:
+            t["L_gen"] = t["L_gen"] + c.latent_regression_weight * t["L_z"]
         t["L_enc"] = c.kl_weight * self.kl_scale(step) * t["L_n"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
         if "L_mmd" in t:
             t["L_enc"] = t["L_enc"] + c.aggregate_mmd_weight * t["L_mmd"]

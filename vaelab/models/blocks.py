@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -23,6 +25,21 @@ def downsampled_sizes(image_size: int, stages: int, padding: int = 1) -> list[in
 
 def norm_2d(kind: str, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if kind == "batch" else nn.Identity()
+
+
+@contextmanager
+def running_batch_statistics(module: nn.Module):
+    """Inside, the BatchNorm layers of ``module`` normalise with their running statistics and leave them as they are
+    (gradients still flow): a pass over other images (a model's own samples) neither mixes its statistics into the
+    real batch's nor updates the running averages."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in norms:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.train()
 
 
 class ConvEncoder(nn.Module):
