@@ -10,8 +10,9 @@ hidden code has the latent size. With x_v = Dec(z_v), z_v ~ q(z|x), and x_g = De
        (the paper's text writes L_g with x in place of x_g; this is the BEGAN form it means)
 - (9)  L_s = (1/|z_d|) ||z_d - z'_v||_1 between D_enc(x) and D_enc(x_v)
 - (13) L_dis = L_d - k_{t-1} (L_g + alpha L_v)   (``fake_margin`` m: k_{t-1} min(L_g + alpha L_v, m), EBGAN's hinge)
-- (14) L_gen = L_g + alpha L_v + beta L_s + gamma L_e   (``adv_weight`` a (p L_g + alpha L_v), p ``prior_adv_weight``)
-- (15) L_enc = L_n + beta L_s + gamma L_e
+- (14) L_gen = L_g + alpha L_v + beta L_s + gamma L_e   (``adv_weight`` a (p L_g + alpha L_v), p ``prior_adv_weight``;
+       + ``latent_regression_weight`` L_z, L_z = -log q(z_g | x_g) / |z|)
+- (15) L_enc = L_n + beta L_s + gamma L_e   (+ ``aggregate_mmd_weight`` MMD^2(z_v, z_g))
 - (11) e_t = eta L_d - (L_g + alpha L_v)   (the BEGAN sign; the paper's text has a sign slip)
 - (12) k_t = clip(k_{t-1} + l1 e_t + l2 (e_t - e_{t-1}) + l3 (e_t + e_{t-2} - 2 e_{t-1}), 0, 1)
 - convergence M = L_d + |eta L_d - L_g - alpha L_v|, logged with k_t every step.
