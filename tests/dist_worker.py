@@ -8,6 +8,7 @@ import sys
 import torch
 
 from vaelab.config import load_config
+from vaelab.processes import leave_process_group
 from vaelab.run import RunFolder
 from vaelab.training import Trainer
 
@@ -68,6 +69,7 @@ def main(out, record, batch_size, steps):
     trainer.fit()
     with open(f"{record}-rank{rank}.json", "w") as fh:
         json.dump({"world": trainer.world, "steps": seen, "rollbacks": trainer.rollbacks}, fh)
+    leave_process_group()  # as the CLI does: exiting with the gloo group open can abort one rank at teardown
 
 
 if __name__ == "__main__":

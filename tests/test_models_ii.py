@@ -74,7 +74,8 @@ def test_l1_by_hand():
 def test_avae_losses_compose_as_in_the_paper():
     torch.manual_seed(0)
     model = built_model("avae-khan-mnist", **{"model.filters": 8, "model.latent_dim": 4, "model.adv_weight": 0.7,
-                                              "model.prior_adv_weight": 0.4})
+                                              "model.prior_adv_weight": 0.4, "model.latent_regression_weight": 0.3,
+                                              "model.fake_margin": "null"})
     model.controller.k = 0.25
     x = torch.rand(3, 1, 28, 28)
     t = model.losses(x)
@@ -83,7 +84,8 @@ def test_avae_losses_compose_as_in_the_paper():
     assert t["L_dis"].item() == pytest.approx(t["L_d"].item() - 0.25 * (t["L_g"].item() + a * t["L_v"].item()), rel=1e-5)
     adv = 0.7 * (0.4 * t["L_g"].item() + a * t["L_v"].item())  # L_dis and e keep L_g + alpha L_v
     pt = c.pull_away_weight * t["L_pt"].item()
-    assert t["L_gen"].item() == pytest.approx(adv + b * t["L_s"].item() + g * t["L_e"].item() + pt, rel=1e-5)
+    gen = adv + b * t["L_s"].item() + g * t["L_e"].item() + pt + 0.3 * t["L_z"].item()
+    assert t["L_gen"].item() == pytest.approx(gen, rel=1e-5)
     assert t["L_enc"].item() == pytest.approx(w * t["L_n"].item() + b * t["L_s"].item() + g * t["L_e"].item(), rel=1e-5)
     e = eta * t["L_d"].item() - (t["L_g"].item() + a * t["L_v"].item())
     assert t["e"].item() == pytest.approx(e, rel=1e-5)
@@ -100,7 +102,8 @@ def test_aggregate_mmd_term_is_imq_mmd_between_the_posterior_and_prior_samples_i
     """L_mmd = MMD^2(z_v, z_g) for the batch's own z_v ~ q(z|x) and z_g ~ N(0, I) (the decoder's inputs), weighted
     into L_enc alone; off (no term) at the paper's 0."""
     sizes = {"model.filters": 8, "model.latent_dim": 4}
-    model = built_model("avae-khan-mnist", **sizes, **{"model.aggregate_mmd_weight": 3.0}).eval()
+    model = built_model("avae-khan-mnist", **sizes, **{"model.aggregate_mmd_weight": 3.0,
+                                                       "model.latent_regression_weight": 0.0}).eval()
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(1)
     t = model.losses(x)
@@ -116,7 +119,7 @@ def test_aggregate_mmd_term_is_imq_mmd_between_the_posterior_and_prior_samples_i
     adv = c.adv_weight * (c.prior_adv_weight * t["L_g"].item() + c.alpha * t["L_v"].item())
     gen = adv + c.beta * t["L_s"].item() + c.gamma * t["L_e"].item() + c.pull_away_weight * t["L_pt"].item()
     assert t["L_gen"].item() == pytest.approx(gen, rel=1e-5)  # the decoder's loss has no MMD
-    assert "L_mmd" not in built_model("avae-khan-mnist", **sizes).losses(x)
+    assert "L_mmd" not in built_model("avae-khan-mnist", **sizes, **{"model.aggregate_mmd_weight": 0.0}).losses(x)
     with pytest.raises(ConfigError, match="aggregate_mmd_weight"):
         built_model("avae-khan-mnist", **{"model.aggregate_mmd_weight": -1.0})
 
@@ -126,7 +129,7 @@ def test_latent_regression_is_the_encoders_nll_of_each_prior_sample_given_its_de
     L_gen alone; the pass over the samples leaves the encoder's running statistics as the real batch left them."""
     sizes = {"model.filters": 8, "model.latent_dim": 4}
     model = built_model("avae-khan-mnist", **sizes, **{"model.latent_regression_weight": 0.5})
-    plain = built_model("avae-khan-mnist", **sizes)
+    plain = built_model("avae-khan-mnist", **sizes, **{"model.latent_regression_weight": 0.0})
     plain.load_state_dict(model.state_dict())
     start = copy.deepcopy(model.state_dict())
     x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -199,7 +202,8 @@ def test_fake_margin_caps_the_discriminators_fake_term(preset):
     """EBGAN's hinge: below the margin L_dis is the paper's; past it the fakes give the discriminator no gradient."""
     x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     extra = {"model.filters": 8, "model.latent_dim": 4}
-    paper = built_model(preset, **extra).eval()  # eval: BatchNorm's running stats, the same outputs every call
+    # eval: BatchNorm's running stats, the same outputs every call; the paper's unbounded term (the preset has a margin)
+    paper = built_model(preset, **extra, **{"model.fake_margin": "null"}).eval()
     torch.manual_seed(1)
     paper.controller.k = 0.5
     t_paper = paper.losses(x)
