@@ -280,7 +280,8 @@ def test_auto_precision_is_bf16_only_for_models_measured_in_it_on_native_hardwar
     assert accel.resolve_precision("auto", cpu, "cvae") == "bf16"
     assert accel.resolve_precision("auto", cpu, "vaegan") == "bf16"  # FID measured equal over 3 seeds
     assert accel.resolve_precision("auto", cpu, "dcgan") == "fp32"  # not measured in bf16: fp32
-    assert accel.resolve_precision("auto", cpu, "avae") == "fp32"
+    assert accel.resolve_precision("auto", cpu, "avae") == "bf16"  # the 300-epoch preset: FID equal over 3 seeds
+    assert accel.resolve_precision("auto", cpu, "began_star") == "fp32"  # not measured in bf16
     assert accel.resolve_precision("fp32", cpu, "vae") == "fp32"
     assert accel.resolve_precision("bf16", cpu, "dcgan") == "bf16"
     monkeypatch.setattr(accel, "cpu_has_fast_bf16", lambda: False)

@@ -21,7 +21,7 @@ from .layout import use_channels_last
 
 # The precision policy: the models that train in bf16 under precision "auto", each measured over 3 seeds to keep its
 # quality in bf16 (benchmarks/RESULTS.md, "bf16 against fp32"). Every other model trains in fp32 unless asked.
-BF16_BY_DEFAULT = frozenset({"vae", "cvae", "vaegan"})
+BF16_BY_DEFAULT = frozenset({"vae", "cvae", "vaegan", "avae"})
 
 
 def cpu_has_fast_bf16() -> bool:
