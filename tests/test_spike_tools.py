@@ -30,7 +30,7 @@ def test_spikes_are_found_merged_and_told_apart_by_which_energy_rose_first():
     calm_g, calm_d = [0.1] * 100, [0.05] * 100
     l_g, l_d = list(calm_g), list(calm_d)
     l_g[20:24] = [0.16, 0.2, 0.5, 0.9]  # L_g climbs, L_d stays: the fakes' side first
-    l_g[40], l_g[45] = 0.6, 0.7  # within the 50-step gap of the first: the same spike
+    l_g[40], l_g[45] = 0.6, 0.7  # 17 steps after the first: a spike of its own at gap 10, the same one at gap 50
     l_d[96:99] = [0.09, 0.3, 0.2]  # L_d first, 52 steps after the last spiking step
     l_g[98] = 0.5
     spikes = find(rows(l_g, l_d), threshold=3.0, gap=10)
