@@ -10,9 +10,10 @@ train.keep_checkpoints=1000` to have one every 10 steps; `python benchmarks/spik
 replay resumes a copy of that checkpoint with the run's own config, so the unfrozen replay repeats the run exactly
 (resume is bit-identical on CPU) and every replay sees the same batches and noise; only the frozen network's
 weights stand still. A spike that survives with the discriminator frozen comes from the generator's own steps, and
-the other way round. ``--try`` adds a replay with one model setting changed (read by the losses at every step, e.g.
-fake_margin, k0 is not: the controller's k comes from the checkpoint), ``--scale-lr`` one with an optimizer's
-restored rate scaled: what a fix would have done from that step on.
+the other way round. ``--try`` adds a replay with one setting changed (``--set``'s syntax and checks; it takes
+effect where it is read at every step, e.g. model.fake_margin; not k0 or a rate: the controller's k and the
+optimizers' rates come from the checkpoint), ``--scale-lr`` one with an optimizer's restored rate scaled: what a
+fix would have done from that step on.
 """
 
 from __future__ import annotations
@@ -22,28 +23,25 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
+from vaelab.config import apply_overrides, build_config
+from vaelab.errors import ConfigError
 from vaelab.run import RunFolder
 from vaelab.training.loop import Trainer
 
 
 def replay(run: Path, from_step: int, steps: int, work: Path, lr_factors: dict[str, float] | None = None,
-           model_setting: str | None = None) -> dict[int, dict]:
+           setting: str | None = None) -> dict[int, dict]:
     """Resume a copy of ``run`` at ``from_step`` for ``steps`` optimizer steps, each optimizer named in
-    ``lr_factors`` at that multiple of its restored rate (0: frozen) and ``model_setting`` ("model.KEY=VALUE")
-    applied. Returns {step: that step's logged row}."""
-    copy = work / str(len(list(work.iterdir())))
+    ``lr_factors`` at that multiple of its restored rate (0: frozen) and ``setting`` ("section.KEY=VALUE", as
+    ``--set``) applied. Returns {step: that step's logged row}."""
+    copy = work / str(len(list(work.iterdir())))  # the Trainer writes the config; only the checkpoint is copied
     (copy / "checkpoints").mkdir(parents=True)
-    shutil.copy(run / "config.yaml", copy / "config.yaml")
     shutil.copy(run / "checkpoints" / f"step-{from_step:08d}.pt", copy / "checkpoints")
-    cfg = RunFolder(run).read_config()
-    cfg.train.max_steps, cfg.train.tensorboard = from_step + steps, False
-    if model_setting is not None:
-        key, value = model_setting.split("=", 1)
-        if not key.startswith("model.") or not hasattr(cfg.model, key[6:]):
-            raise SystemExit(f"--try {model_setting}: expected model.KEY=VALUE with a key of this model's config")
-        setattr(cfg.model, key[6:], yaml.safe_load(value))
+    overrides = [f"train.max_steps={from_step + steps}", "train.tensorboard=false", *([setting] if setting else [])]
+    try:
+        cfg = build_config(apply_overrides(RunFolder(run).read_config().to_dict(), overrides))
+    except ConfigError as exc:
+        raise SystemExit(f"--try {setting}: {exc}") from None
     trainer = Trainer(cfg, copy, resume=True, progress=False)
     for name, factor in (lr_factors or {}).items():
         if name not in trainer.optimizers:
@@ -61,7 +59,7 @@ def main() -> None:
     parser.add_argument("--from-step", type=int, required=True)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--freeze", nargs="*", default=["discriminator", "decoder"])
-    parser.add_argument("--try", dest="settings", nargs="*", default=[], metavar="model.KEY=VALUE")
+    parser.add_argument("--try", dest="settings", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--scale-lr", nargs="*", default=[], metavar="OPTIMIZER=FACTOR")
     parser.add_argument("--show", nargs="+", default=["L_g", "L_d"])
     args = parser.parse_args()
@@ -73,7 +71,7 @@ def main() -> None:
         for name in args.freeze:
             variants[f"{name} frozen"] = replay(run, args.from_step, args.steps, work, {name: 0.0})
         for setting in args.settings:
-            variants[setting] = replay(run, args.from_step, args.steps, work, model_setting=setting)
+            variants[setting] = replay(run, args.from_step, args.steps, work, setting=setting)
         for item in args.scale_lr:
             name, factor = item.split("=", 1)
             variants[f"{name} lr x{factor}"] = replay(run, args.from_step, args.steps, work, {name: float(factor)})

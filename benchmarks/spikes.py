@@ -8,10 +8,10 @@ spiking step belong to the same spike. Each spike is classified by which energy 
 10 steps before its start:
 - ``fakes``: L_g rose first while L_d stayed: the generated images are reconstructed worse, the real ones are not
   (the decoder stepping up its own loss, or the discriminator's fake term pushing them away; the logs cannot tell
-  the two apart);
+  the two apart, benchmarks/spike_replay.py can);
 - ``reals``: L_d rose first: the auto-encoder lost the real digits.
-Per run: the count of each kind, the spikes per 100 epochs, and the per-epoch sample FID's worst value after
-``after_epoch``. ``--show N`` prints the steps around the first N spikes.
+Per run: the count of each kind, the spikes per 100 epochs, and the per-epoch sample FID's worst value from the
+first spike's epoch on. ``--show N`` prints the steps around the first N spikes.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def main() -> None:
               f"{max((s['peak_L_d'] for s in spikes), default=0):.2f} | "
               f"{'-' if worst is None else f'{worst:.0f}'} |")
         for s in spikes[:args.show]:
-            print(f"\n{Path(run).name}: spike at step {s['step']} (epoch {s['epoch']}, {'L_g' if s['kind'] == 'fakes' else 'L_d'} first)")
+            first_rose = "L_g" if s["kind"] == "fakes" else "L_d"
+            print(f"\n{Path(run).name}: spike at step {s['step']} (epoch {s['epoch']}, {first_rose} first)")
             for q in steps[max(0, s["index"] - 8):s["index"] + 3]:
                 print(q["step"], " ".join(f"{k}={q[k]:.3f}" for k in ENERGIES if k in q))
 
