@@ -3,10 +3,13 @@ print the table of RESULTS.md (mean +- standard deviation over the seeds).
 
     python benchmarks/quality_bar.py [--presets gvae-sagar-mnist avae-khan-mnist ...] [--seeds 0 1 2]
                                      [--runs /tmp/vaelab-quality] [--set key=value ...] [--weights best|last]
-                                     [--same-budget-baseline vae-mnist]
+                                     [--same-budget-baseline vae-mnist] [--split test|validation]
 
 Each run is `vaelab train --preset P --seed S`, then `vaelab evaluate RUN --num-samples 1000 --k 0 --no-utility`
-(1,000 samples against the 1,000 mnist5k test images, domain-classifier feature space). Runs go one at a time:
+(1,000 samples against the 1,000 mnist5k test images, domain-classifier feature space). The protocol (issue 32):
+a probe that chooses a setting compares its candidates with `--split validation` (500 held-out training images);
+`--split test` (the default) is for the number reported once the choice is made. Each run keeps the epoch its
+training scored best on the validation images; `evaluate` draws its latents from a seed stream of its own. Runs go one at a time:
 two training processes on 2 cores slow each other ~20x. Conditional presets also report the label accuracy of
 `sample --label k` (the domain classifier's agreement with the requested class). `--same-budget-baseline vae-mnist`
 then trains that preset for the runs' mean optimizer-step time on the same machine, each seed: the bar "beats a VAE
@@ -32,7 +35,8 @@ COLUMNS = [("budget_s", "train s", "{:.0f}"), ("fid", "FID", "{:.1f}"), ("kid", 
            ("recon_recall", "recon recall", "{:.2f}"), ("label_accuracy", "label acc.", "{:.3f}")]
 
 
-def run_one(preset: str, seed: int, sets: list[str], root: Path, weights: str, label: str | None = None) -> dict:
+def run_one(preset: str, seed: int, sets: list[str], root: Path, weights: str, label: str | None = None,
+            split: str = "test") -> dict:
     out = root / f"{preset}-s{seed}{'-baseline' if label else ''}"
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "vaelab", "train", "--preset", preset, "--out", str(out), "--no-progress",
@@ -43,12 +47,13 @@ def run_one(preset: str, seed: int, sets: list[str], root: Path, weights: str, l
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     subprocess.run([sys.executable, "-m", "vaelab", "evaluate", str(out), "--num-samples", "1000", "--k", "0",
-                    "--no-utility", "--weights", weights], check=True, stdout=subprocess.DEVNULL)
+                    "--no-utility", "--weights", weights, "--split", split], check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((out / "summary.json").read_text())
     result = json.loads((out / "eval" / "metrics.json").read_text())
     space = next(v for k, v in result["sample_metrics"]["features"].items() if k.startswith("classifier"))
     lik = result.get("likelihood", {})
-    row = {"preset": label or preset, "seed": seed, "budget_s": summary["train_seconds"], "wall_s": wall,
+    row = {"preset": label or preset, "seed": seed, "split": result["split"], "budget_s": summary["train_seconds"],
+           "wall_s": wall,
            "epochs": summary["epochs_done"], "precision_mode": summary["precision"], "weights": result.get("weights"),
            "fid": space["fid"], "kid": space["kid"], "precision": space["precision"], "recall": space["recall"],
            "classes": space["class_coverage"]["classes_present"], "sharpness": result["sample_metrics"]["sharpness_samples"],
@@ -85,16 +90,21 @@ def main() -> None:
     parser.add_argument("--runs", default="/tmp/vaelab-quality")
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--weights", default="best", choices=["best", "last"])
+    parser.add_argument("--split", default="test", choices=["test", "validation"],
+                        help="validation for a probe that chooses a setting; test for the reported number")
     parser.add_argument("--same-budget-baseline", metavar="PRESET",
                         help="then train PRESET (e.g. vae-mnist; without the --set values) for each seed for the mean "
                              "optimizer-step time of the runs above, on this machine: the same-wall-clock comparison")
     args = parser.parse_args()
-    rows = [run_one(p, s, args.sets, Path(args.runs), args.weights) for p in args.presets for s in args.seeds]
+    rows = [run_one(p, s, args.sets, Path(args.runs), args.weights, split=args.split)
+            for p in args.presets for s in args.seeds]
     if args.same_budget_baseline:
         budget = round(statistics.mean(r["budget_s"] for r in rows))
         sets = [f"train.time_budget={budget}s", "train.epochs=100000"]  # the budget, not the epochs, ends it
         label = f"{args.same_budget_baseline} ({budget} s)"
-        rows += [run_one(args.same_budget_baseline, s, sets, Path(args.runs), args.weights, label) for s in args.seeds]
+        rows += [run_one(args.same_budget_baseline, s, sets, Path(args.runs), args.weights, label, args.split)
+                 for s in args.seeds]
+    print(f"split: {args.split}")
     print(table(rows))
 
 

@@ -43,8 +43,8 @@ def built_model(preset, **sets):
     if cfg.model.image_size is None:
         source = cfg.data.name.split("+")[0]  # stl10+unlabeled is STL-10's shape
         shape = {"stl10": (96, 3, 10), "cifar10": (32, 3, 10), "celeba": (64, 3, 0)}.get(source)
-        if shape:
-            cfg.model.image_size, cfg.model.channels = shape[0], shape[1]
+        if shape:  # the preset's own data.image_size (CelebA at 128 px) over the dataset's native size
+            cfg.model.image_size, cfg.model.channels = cfg.data.image_size or shape[0], shape[1]
             if hasattr(cfg.model, "num_classes"):
                 cfg.model.num_classes = shape[2]
         else:

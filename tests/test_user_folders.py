@@ -4,6 +4,7 @@ one-line error that says what to change; never a traceback, never a lost epoch."
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import warnings
@@ -19,8 +20,20 @@ from typer.testing import CliRunner
 from vaelab.cli import app
 from vaelab.config import preset_names, read_preset
 
+# best-weights tracking stays on, as a user has it: the score, its validation reference and the rule for too few
+# validation images run on every folder size
 TINY = ["--set", "model.widths=[8,16]", "--set", "model.latent_dim=4", "--set", "train.tensorboard=false",
-        "--set", "train.track_best=false", "--no-progress"]
+        "--no-progress"]
+
+
+def split_sizes(count: int) -> tuple[int, int, int]:
+    """(train, validation, test) images of an unlabelled folder of ``count`` readable images, from the documented
+    rules: every 5th file is a test image (the last one below 5 files, then also trained on), and 1 in 8 of the rest
+    (rounded) is held out for validation once there are at least 8 of them (per class in a labelled folder)."""
+    test = len([i for i in range(count) if i % 5 == 4]) if count >= 5 else 1
+    rest = count - test if count >= 5 else count
+    validation = round(rest / 8) if rest >= 8 else 0
+    return rest - validation, validation, test
 
 
 def make_folder(root: Path, count: int, labels: str | None = None, seed: int = 0, broken: bool = True) -> Path:
@@ -92,6 +105,17 @@ def test_every_verb_on_a_user_folder(tmp_path, count, size, channels, labels):
     if count <= 64:
         assert "training with batches of" in output
     assert (run / "model.safetensors").exists() and list((run / "checkpoints").glob("*.pt"))
+    from vaelab.data import load_data
+    from vaelab.run import RunFolder
+
+    validation = len(load_data(RunFolder(run).read_config().data).validation)
+    assert abs(validation - split_sizes(count)[1]) <= 2  # 1 in 8, rounded per class
+    if validation >= 2:  # the run's weights were scored against the validation images and kept
+        best = json.loads((run / "model-best.json").read_text())
+        assert best["reference"] == "validation" and best["samples"] == validation
+    else:  # too few to choose on: the last weights are the run's, and the user is told
+        assert not (run / "model-best.safetensors").exists()
+        assert "too few to choose the best epoch on" in output
 
     ok(["sample", run, "-n", 5, "-o", out / "samples.png"])
     assert Image.open(out / "samples.png").size[0] > 0
@@ -149,7 +173,7 @@ def test_train_sample_reconstruct_any_small_folder(tmp_path_factory, count, size
     root = tmp_path_factory.mktemp("any")
     folder = make_folder(root / "data", count, broken=False)
     run = root / "run"
-    train_images = count - len([i for i in range(count) if i % 5 == 4]) if count >= 5 else count
+    train_images, _, _ = split_sizes(count)
     result = invoke(["train", "--data", f"folder:{folder}", "--out", run, "--batch-size", batch, "--max-steps", 2,
                      "--set", f"data.image_size={size}", "--set", f"data.channels={channels}",
                      "--set", f"train.num_sample_images={grid}", *TINY])
@@ -168,16 +192,33 @@ def _other_size(preset: str) -> tuple[int, int]:
     return (64, 3) if read_preset(preset)["data"]["name"] in ("mnist5k", "mnist", "digits") else (28, 1)
 
 
+def _own_size(preset: str) -> tuple[int, int]:
+    """The size and channels the preset was written for (its YAML's data.image_size, else its dataset's)."""
+    data = read_preset(preset)["data"]
+    native = {"mnist5k": (28, 1), "mnist": (28, 1), "fashion-mnist": (28, 1), "digits": (8, 1), "cifar10": (32, 3),
+              "stl10": (96, 3), "stl10+unlabeled": (96, 3), "celeba": (64, 3)}[data["name"]]
+    return data.get("image_size") or native[0], native[1]
+
+
+def _train_on_folder(folder: Path, out: Path, preset: str, size: int, channels: int):
+    return invoke(["train", "--preset", preset, "--data", f"folder:{folder}", "--out", out,
+                   "--batch-size", 4, "--max-steps", 2, "--set", f"data.image_size={size}",
+                   "--set", f"data.channels={channels}", "--set", "train.tensorboard=false",
+                   "--set", "train.num_sample_images=4", "--no-progress"])
+
+
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_trains_on_a_folder_of_another_size(tmp_path, preset):
-    """Each preset's model at a size other than its own trains two steps (or says which sizes it supports)."""
+    """Each preset's model at a size other than its own trains two steps, or refuses with an error that says the
+    image size is what to change and then trains on the same folder at its own size (a preset that refused every
+    size would fail here)."""
     size, channels = _other_size(preset)
     folder = make_folder(tmp_path / "data", 12, labels="subfolders", broken=False)
-    result = invoke(["train", "--preset", preset, "--data", f"folder:{folder}", "--out", tmp_path / "run",
-                     "--batch-size", 4, "--max-steps", 2, "--set", f"data.image_size={size}",
-                     "--set", f"data.channels={channels}", "--set", "train.tensorboard=false",
-                     "--set", "train.track_best=false", "--set", "train.num_sample_images=4", "--no-progress"])
+    result = _train_on_folder(folder, tmp_path / "run", preset, size, channels)
     if result.exit_code == 2:
         assert re.search(r"image.size", result.output), result.output  # says the size is what to change
+        own = _train_on_folder(folder, tmp_path / "own", preset, *_own_size(preset))
+        assert own.exit_code == 0, f"{preset} refuses {size} px and its own size {_own_size(preset)}:\n{own.output}"
+        assert (tmp_path / "own" / "model.safetensors").exists()
         return
     assert (tmp_path / "run" / "model.safetensors").exists()

@@ -41,6 +41,10 @@ class DataConfig:
     labels_csv: str | None = None  # folder datasets: CSV of file name, then integer or 0/1 columns
     strict: bool = False  # folder datasets: a corrupt file is an error instead of a counted warning
     include_classes: list[int] | None = None  # keep only these class labels (train on "normal" data for anomaly scores)
+    # the share of the training images held out, stratified by class, as the validation split: every choice (the
+    # best epoch, a sampler's settings, a preset's knobs) is made on it, and the test split is only reported
+    # (mnist5k: 500 of its 4,000 training images). 0: no validation split (the run keeps its last weights)
+    validation_fraction: float = 0.125
     in_memory_limit_gb: float = 2.0  # datasets smaller than this (as uint8) are decoded once into a tensor
     num_workers: int = 2  # DataLoader workers for datasets that stream from disk
 
@@ -319,6 +323,9 @@ def _check_positive(cfg: Config) -> None:
         raise ConfigError(f"data.image_size must be at least 4 pixels, got {d.image_size}")
     if d.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {d.channels}")
+    if not 0.0 <= d.validation_fraction < 1.0:
+        raise ConfigError(f"data.validation_fraction must lie in [0, 1) (0.125 holds out 1 training image in 8), got "
+                          f"{d.validation_fraction}")
 
 
 def load_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:

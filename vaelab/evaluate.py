@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from .data import first_images, load_data
+from .data import SPLITS, first_images, load_data
 from .errors import VaelabError
 from .metrics import features as feats
 from .metrics import samples as sm
 from .metrics.likelihood import likelihood_metrics
-from .processes import barrier, chunk_seed, is_main_process, join_processes, launched_processes, map_chunks, rank_and_world
+from .processes import barrier, is_main_process, join_processes, launched_processes, map_chunks, rank_and_world, stream_seed
 from .run import RunFolder, atomic_write_text, load
 
 
@@ -43,16 +43,16 @@ def _resolve_features(specs: list[str], run_cfg, data, inception_weights, downlo
 
 
 @torch.no_grad()
-def generate(model, n: int, seed: int, num_classes: int, batch: int = 500):
+def generate(model, n: int, seed: int, num_classes: int, batch: int = 500, stream: str = "evaluate_samples"):
     """n samples (float (n, C, H, W) in [0, 1]) and their labels for conditional models (uniform over classes).
 
-    Chunks of ``batch`` are seeded by their index and split across processes under torchrun (every process gets
-    all n, the same set as one process draws)."""
+    Chunks of ``batch`` are seeded by their index in seed stream ``stream`` (never the training-time score's draws)
+    and split across processes under torchrun (every process gets all n, the same set as one process draws)."""
     labels = torch.arange(n) % num_classes if model.is_conditional else None
 
     def chunk(i: int) -> torch.Tensor:
         y = None if labels is None else labels[i * batch : (i + 1) * batch].to(model.device)
-        gen = torch.Generator().manual_seed(chunk_seed(seed, i))
+        gen = torch.Generator().manual_seed(stream_seed(stream, seed, i))
         return model.sample(min(batch, n - i * batch), y=y, generator=gen).float().cpu()
 
     return torch.cat(map_chunks(chunk, math.ceil(n / batch))), labels
@@ -82,11 +82,12 @@ def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10, 
     """Classification accuracy score (train on generated, test on real) and the augmentation gain of generated
     data over a 10% real subset, for conditional models on labelled data (Ravuri & Vinyals 2019).
 
-    ``generated``: (images, labels) from ``generate(model, len(train), seed + 1, classes)``, drawn here if None."""
+    ``generated``: (images, labels) from ``generate(model, len(train), seed, classes, stream="utility")``, drawn here
+    if None."""
     k = data.num_classes
     x_train, y_train = first_images(data.train, len(data.train)), data.train.labels
     x_test, y_test = first_images(data.test, len(data.test)), data.test.labels
-    fake, fake_y = generated or generate(model, len(x_train), seed + 1, k)
+    fake, fake_y = generated or generate(model, len(x_train), seed, k, stream="utility")
     steps_per_epoch = max(1, len(x_train) // 128)
 
     def fit(x, y):  # the same number of optimizer steps for every training set, however small
@@ -159,8 +160,8 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     the processes and gathered, with the same result as one process; the main process alone computes the
     set-level metrics and writes RUN/eval/ (the others return None)."""
     start = time.perf_counter()
-    if split not in ("test", "train"):
-        raise VaelabError(f"--split must be test or train, got {split!r}")
+    if split not in SPLITS:
+        raise VaelabError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     folder = RunFolder(run)
     if launched_processes() > 1:
         device = str(join_processes(device)[0])
@@ -168,7 +169,11 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     model = load(run, device=device, weights=weights)
     cfg = model.run_config
     data = load_data(cfg.data)
-    part = data.test if split == "test" else data.train
+    part = data.split(split)
+    if len(part) == 0:
+        raise VaelabError(f"the {split} split of {data.description} is empty (data.validation_fraction="
+                          f"{cfg.data.validation_fraction}; runs made before vaelab held out validation images have "
+                          f"none); evaluate --split test")
     x_real = first_images(part, len(part))
     y_real = part.labels
     n = num_samples or len(x_real)
@@ -177,7 +182,7 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
                     "precision": "fp32",  # evaluation never autocasts, whatever the training precision was
                     "image_shape": list(model.image_shape),
                     "data": data.description, "split": split,
-                    "real_images": len(x_real), "samples": n, "seed": seed}
+                    "real_images": len(x_real), "samples": n, "seed": seed, "seed_stream": "evaluate_samples"}
 
     if model.has_encoder:
         result["likelihood"] = likelihood_metrics(model, x_real, y_real, k=k, binarized=binarized, seed=seed,
@@ -191,7 +196,7 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
                                None if recon is None else embed(extractor, recon))
     generated = None
     if utility and model.is_conditional and data.train.labels is not None:
-        generated = generate(model, len(data.train), seed + 1, data.num_classes)
+        generated = generate(model, len(data.train), seed, data.num_classes, stream="utility")
     if not main:
         return None
 

@@ -25,14 +25,16 @@ def _offline_environment() -> None:
 
 
 def dimension_order(model, data) -> tuple[list[int], list[float]]:
-    """Latent dimensions sorted by their average KL over (up to 1,000) test images, most informative first."""
+    """Latent dimensions sorted by their average KL over (up to 1,000) validation images (the test images where a
+    run has none), most informative first."""
     d = model.config.latent_dim
     if not model.has_encoder or data is None:
         return list(range(d)), [0.0] * d
     from .data import first_images
 
-    x = first_images(data.test, 1000)
-    y = data.test.labels[: len(x)] if model.is_conditional else None
+    split = data.validation if len(data.validation) else data.test
+    x = first_images(split, 1000)
+    y = split.labels[: len(x)] if model.is_conditional else None
     with torch.no_grad():
         mu, logvar = model.encode(x.to(model.device), None if y is None else y.to(model.device))
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(0).cpu()

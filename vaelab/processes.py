@@ -4,6 +4,10 @@ decision, seeds, and work split across the processes for evaluation and sampling
 Training splits batches itself (``data.epoch_batches``); ``map_chunks`` splits everything after it: a job is a list
 of numbered chunks, each process computes every ``world``-th chunk, and every process gets all results in chunk
 order. A chunk's randomness is seeded by its number, so the results do not depend on the number of processes.
+
+Each kind of random draw has a seed stream of its own (``stream_seed``), so two kinds never share a generator seed:
+the latent draws that chose a run's best epoch during training are never among the draws ``vaelab evaluate``
+reports, whatever the training and evaluation seeds.
 """
 
 from __future__ import annotations
@@ -87,9 +91,23 @@ def map_chunks(compute: Callable[[int], T], count: int) -> list[T]:
     return [merged[i] for i in range(count)]
 
 
-def chunk_seed(seed: int, chunk: int) -> int:
-    """The seed of chunk ``chunk`` of a job seeded ``seed``."""
-    return seed * 1_000_003 + chunk
+SEED_STREAMS = {
+    "likelihood": 0,  # evaluate's importance samples and dequantisation noise
+    "evaluate_samples": 1,  # evaluate's latent draws (the sample-side metrics)
+    "best_weights": 2,  # the per-epoch best-weights score during training
+    "grids": 3,  # the per-epoch sample grids
+    "utility": 4,  # evaluate's synthetic-data utility draws
+}
+
+
+def stream_seed(stream: str, seed: int, chunk: int = 0) -> int:
+    """The generator seed of chunk ``chunk`` of a job seeded ``seed`` in seed stream ``stream`` (SEED_STREAMS).
+
+    Injective in (stream, seed, chunk) for chunks below 1,000,003: the stream sits in the low 3 bits, so seeds of two
+    streams never coincide."""
+    if stream not in SEED_STREAMS:
+        raise KeyError(f"unknown seed stream {stream!r}; known: {', '.join(SEED_STREAMS)}")
+    return (seed * 1_000_003 + chunk) * 8 + SEED_STREAMS[stream]
 
 
 def _group_rank_and_world() -> tuple[int, int]:

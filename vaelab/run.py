@@ -27,7 +27,9 @@ import yaml
 from .errors import RunFolderError
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8,})\.pt$")
-FORMAT_VERSION = 1
+# 2: the data have a validation split (data.validation_fraction); a format-1 run trained on those images too, so it
+# reads back with validation_fraction 0 (no validation split) rather than one it has seen
+FORMAT_VERSION = 2
 
 
 def atomic_write(path: Path, write) -> None:
@@ -94,6 +96,8 @@ class RunFolder:
                 f"{self.path} was written by a newer vaelab (run format {version}, this one reads up to "
                 f"{FORMAT_VERSION}); upgrade vaelab to use it"
             )
+        if version < 2 and isinstance(raw.get("data"), dict):
+            raw["data"].setdefault("validation_fraction", 0.0)
         return build_config(raw)
 
     # weights -----------------------------------------------------------------------------------------

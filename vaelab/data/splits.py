@@ -1,4 +1,9 @@
-"""The in-memory form of every dataset: two ``ImageSet`` splits (train, test) in a ``DataSplits``.
+"""The in-memory form of every dataset: three ``ImageSet`` splits (train, validation, test) in a ``DataSplits``.
+
+Train fits the weights, validation makes every choice (the best epoch, a sampler's settings, a preset's knobs), test
+is measured once for the reported number. The validation split is carved from the source's training images
+(``carve_validation``: a fixed, seeded, class-stratified share, ``data.validation_fraction``), so the test split of
+every source stays what it always was.
 
 An ImageSet either holds all its images as one uint8 tensor ``(N, C, H, W)`` (decoded once; batches are plain
 tensor indexing), or, for sets too large for memory, a ``stream`` dataset that decodes per item inside DataLoader
@@ -41,10 +46,69 @@ class DataSplits:
     attribute_names: list[str] = field(default_factory=list)
     description: str = ""
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    validation: ImageSet = field(default_factory=ImageSet)  # empty until ``carve_validation``
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def split(self, name: str) -> ImageSet:
+        """The split called ``name``: train, validation or test."""
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; the splits are {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+
+SPLITS = ("train", "validation", "test")
+
+# The split's permutation is a property of the data, not of a run: every run of a dataset holds out the same images
+VALIDATION_SEED = 20_240_101
+# Below this many training images no validation split is carved: every image is needed for training, and a choice
+# on a handful of images could not be trusted anyway (the run then keeps its last weights, and says so)
+MIN_TRAIN_FOR_VALIDATION = 8
+
+
+def validation_indices(n: int, fraction: float, labels: torch.Tensor | None) -> np.ndarray:
+    """The sorted indices of ``range(n)`` that form the validation split: ``round(fraction * n_c)`` of each class c
+    (of all n without labels), drawn by a permutation seeded with VALIDATION_SEED. Empty when ``fraction`` is 0 or
+    ``n < MIN_TRAIN_FOR_VALIDATION``."""
+    if fraction <= 0 or n < MIN_TRAIN_FOR_VALIDATION:
+        return np.zeros(0, dtype=np.int64)
+    order = np.random.default_rng(VALIDATION_SEED).permutation(n)
+    if labels is None:
+        groups = [order]
+    else:
+        label_of = labels.numpy()[order]
+        groups = [order[label_of == c] for c in np.unique(label_of)]
+    picked = [g[: int(round(fraction * len(g)))] for g in groups]
+    chosen = np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+    if len(chosen) == 0:  # every class too small to give one image: take one image overall
+        chosen = np.sort(order[:1])
+    return chosen.astype(np.int64)
+
+
+def _take(split: ImageSet, idx: np.ndarray) -> ImageSet:
+    """The images ``idx`` of a split, in memory or streamed."""
+    if split.images is not None:
+        return subset(split.images, split.labels, split.attributes, idx)
+    idx_t = torch.as_tensor(idx, dtype=torch.long)
+    return ImageSet(stream=torch.utils.data.Subset(split.stream, idx.tolist()),
+                    labels=None if split.labels is None else split.labels[idx_t],
+                    attributes=None if split.attributes is None else split.attributes[idx_t],
+                    num_items=len(idx))
+
+
+def carve_validation(data: DataSplits, fraction: float) -> DataSplits:
+    """Move ``validation_indices`` of the training split into ``data.validation`` (stratified by class)."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"data.validation_fraction must lie in [0, 1), got {fraction}")
+    n = len(data.train)
+    val_idx = validation_indices(n, fraction, data.train.labels)
+    keep = np.setdiff1d(np.arange(n), val_idx)
+    data.validation = _take(data.train, val_idx)
+    data.train = _take(data.train, keep)
+    data.description += f", validation {len(val_idx)} held out of {n} training images"
+    return data
 
 
 def holdout_split(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +169,10 @@ def keep_classes(data: DataSplits, keep: list[int]) -> DataSplits:
     """Only the images whose label is in ``keep`` (labels keep their original numbers)."""
     if data.train.labels is None:
         raise DataError(f"data.include_classes needs class labels, and {data.description} has none")
-    for part in ("train", "test"):
+    for part in SPLITS:
         split = getattr(data, part)
+        if len(split) == 0:
+            continue
         if split.images is None:
             raise DataError("data.include_classes works on datasets held in memory")
         mask = torch.isin(split.labels, torch.tensor(keep))

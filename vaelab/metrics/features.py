@@ -116,12 +116,14 @@ def load_classifier(folder: str | Path) -> DomainClassifier:
 
 
 def classifier_folder_for(data_cfg) -> Path:
-    """The cached domain classifier of a dataset: <cache>/classifiers/<data>[-<size>px][-<channels>ch]-train
-    (trained on the dataset's train split; the cache is ``features.cache_dir()``)."""
+    """The cached domain classifier of a dataset: <cache>/classifiers/<data>[-<size>px][-<channels>ch]-train[-val<f>]
+    (trained on the dataset's train split, which holds no validation image when data.validation_fraction f > 0;
+    the cache is ``features.cache_dir()``)."""
     key = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_cfg.name).strip("_")
     size = f"-{data_cfg.image_size}px" if data_cfg.image_size else ""
     channels = f"-{data_cfg.channels}ch" if data_cfg.channels else ""
-    return cache_dir() / "classifiers" / f"{key}{size}{channels}-train"
+    held_out = f"-val{data_cfg.validation_fraction:g}" if data_cfg.validation_fraction > 0 else ""
+    return cache_dir() / "classifiers" / f"{key}{size}{channels}-train{held_out}"
 
 
 def train_and_save_classifier(data, out: Path, epochs: int = 10, seed: int = 0, progress: bool = True) -> dict:
@@ -204,8 +206,39 @@ def inception_weights_path(explicit: str | None) -> Path | None:
         if not path.is_file():
             raise VaelabError(f"--inception-weights {path}: no such file")
         return path
-    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints" / INCEPTION_FILE
+    hub = _hub_checkpoints() / INCEPTION_FILE
     return hub if hub.is_file() else None
+
+
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+
+
+def _hub_checkpoints() -> Path:
+    return Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+
+
+def download_inception_weights() -> Path:
+    """Fetch torch-fidelity's FID Inception weights into torch's hub cache (``--download`` only): the bytes are
+    written to the file and checked against the hash prefix in its name, and nothing is unpickled here."""
+    target = _hub_checkpoints() / INCEPTION_FILE
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(INCEPTION_URL, str(target), hash_prefix=INCEPTION_FILE.rsplit("-", 1)[1][:8])
+    return target
+
+
+def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
+    """A weights file read with ``torch.load(weights_only=True)``: plain tensors in plain containers, or a
+    VaelabError. A pickle that holds code (or any object other than tensors) is refused before it can run."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError, ...: the file is not weights)
+        raise VaelabError(f"{path} is not a plain weights file, so vaelab refuses to load it (it holds pickled code, "
+                          f"objects other than tensors, or is damaged: {type(exc).__name__}: {str(exc).splitlines()[0]})."
+                          f" Delete it and put the published {INCEPTION_FILE} there, or fetch it with --download")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise VaelabError(f"{path} is not a state dict of tensors; put the published {INCEPTION_FILE} there")
+    return state
 
 
 class InceptionExtractor(Extractor):
@@ -214,21 +247,34 @@ class InceptionExtractor(Extractor):
     def __init__(self, weights: str | None = None, download: bool = False):
         path = inception_weights_path(weights)
         if path is None and not download:
-            hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
             raise VaelabError(
-                f"Inception weights not found. Put {INCEPTION_FILE} (torch-fidelity's FID Inception v3) in {hub}/, "
-                f"or pass --inception-weights PATH, or --download to fetch it; offline, use --features classifier:PATH "
-                f"(train one with `vaelab train-classifier`)"
+                f"Inception weights not found. Put {INCEPTION_FILE} (torch-fidelity's FID Inception v3) in "
+                f"{_hub_checkpoints()}/, or pass --inception-weights PATH, or --download to fetch it; offline, use "
+                f"--features classifier:PATH (train one with `vaelab train-classifier`)"
             )
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
         except ModuleNotFoundError as exc:
             raise VaelabError(f"Inception features need torch-fidelity: pip install torch-fidelity ({exc})") from None
-        self.net = NoTrainInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                      feature_extractor_weights_path=str(path) if path else None, antialias=False)
+        if path is None:
+            path = download_inception_weights()
+        state = read_tensor_file(path)
+        # torch-fidelity reads its weights with torch.load(weights_only=False) (and downloads through a loader that
+        # unpickles too), so it gets a private copy of the tensors checked above, never the file itself
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as private:
+            checked = Path(private) / "inception-checked.pt"
+            torch.save(state, checked)
+            try:
+                self.net = NoTrainInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                              feature_extractor_weights_path=str(checked), antialias=False)
+            except RuntimeError as exc:  # load_state_dict: missing or unexpected keys, wrong shapes
+                raise VaelabError(f"{path} holds tensors, but not the FID Inception v3's ({str(exc).splitlines()[0]});"
+                                  f" put the published {INCEPTION_FILE} there") from None
         self.name = "inception"
         self.settings = {"extractor": "inception-v3-compat (torch-fidelity weights)", "antialias": False,
-                         "weights": str(path) if path else "downloaded"}
+                         "weights": str(path)}
 
     def embed(self, x):
         out_f, out_l = [], []

@@ -8,7 +8,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from ..processes import chunk_seed, is_main_process, map_chunks
+from ..processes import is_main_process, map_chunks, stream_seed
 
 
 def binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -72,7 +72,7 @@ def likelihood_metrics(model, x: torch.Tensor, y: torch.Tensor | None = None, k:
     def batch_sums(i: int) -> dict[str, float]:  # seeded by batch: the same numbers on any number of processes
         xb = x[i * batch_size : (i + 1) * batch_size].to(device)
         yb = None if cond is None else cond[i * batch_size : (i + 1) * batch_size].to(device)
-        torch.manual_seed(chunk_seed(seed, i))
+        torch.manual_seed(stream_seed("likelihood", seed, i))
         out = model.elbo(xb, yb)
         sums = {key: float(out[key].sum()) for key in ("elbo", "nll", "kl")}
         sums["mse"] = float((model.reconstruct(xb, yb).float() - xb).pow(2).flatten(1).mean(1).sum())

@@ -1,9 +1,11 @@
 """A cheap sample-quality score for training: which epoch's weights to keep as the run's best.
 
-FID between ``n`` samples and the first ``n`` training images in the domain classifier's feature space (the classifier
-is trained once per dataset into the cache, as ``vaelab evaluate`` does); for data without class labels, in the
+FID between ``n`` samples and ``n`` validation images (the split every choice is made on; never the test images, never
+the training images the model has fit) in the domain classifier's feature space (the classifier is trained once per
+dataset into the cache, as ``vaelab evaluate`` does); for data without class labels, in the
 features of a fixed, seeded, untrained network of the same shape (random-feature FID: cruder, but it ranks blur and
-collapse the same way). The real features are computed once; one call costs one sampling pass of ``n`` images and
+collapse the same way). The latent draws come from the ``best_weights`` seed stream, which ``vaelab evaluate``'s
+draws never share. The real features are computed once; one call costs one sampling pass of ``n`` images and
 their features. The feature network runs channels-last, in bf16 where the CPU has native bf16 (AMX / AVX-512 BF16):
 3.2x faster features than fp32 for the same ranking (FID within 0.1%; RESULTS.md, "Per-epoch work"). The score only
 ranks a run's epochs; ``vaelab evaluate`` measures in fp32.
@@ -20,15 +22,18 @@ from . import samples as sm
 
 
 class SampleQuality:
-    """score(model) -> FID of ``n`` samples against ``n`` fixed training images (lower is better), or None when
-    the training split has too few images for a covariance."""
+    """score(model) -> FID of ``n`` samples against ``n`` fixed validation images (lower is better), or None when
+    the validation split has too few images for a covariance (then no epoch can be chosen: the run keeps its last
+    weights)."""
 
     def __init__(self, data, data_cfg, n: int = 500, seed: int = 0, progress: bool = False, bf16: bool | None = None):
         """``bf16``: the feature network in bf16 autocast (None: where the CPU runs bf16 natively)."""
         from ..accel import cpu_has_fast_bf16
         from ..data import spaced_images
+        from ..processes import stream_seed
 
         self.seed = seed
+        self.draw_seed = stream_seed("best_weights", seed)
         self.bf16 = cpu_has_fast_bf16() if bf16 is None else bf16
         if data.train.labels is not None and data.num_classes >= 2:
             self.network = feats.load_classifier(feats.cached_classifier(data, data_cfg, progress))
@@ -39,14 +44,16 @@ class SampleQuality:
                 self.network = feats.DomainClassifier(data.channels, data.image_size, 2).eval()
             self.space = "random_features"
         self.network = self.network.to(memory_format=torch.channels_last)
-        # training images as the reference (choosing the best epoch on the test images would bias the test numbers),
-        # spread over the split: mnist5k's first 500 training images are 400 zeros and 100 ones
-        # a conditional model draws the reference's classes (self.labels), so its samples are compared like with like
-        real, self.labels = spaced_images(data.train, n)
-        self.n = len(real)
-        self.real = self._features(real) if self.n >= 2 else None
-        self.settings = {"metric": "fid", "feature_space": self.space, "samples": self.n, "seed": seed,
-                         "features_bf16": self.bf16}
+        # validation images as the reference: choosing the epoch on the test images would bias the test numbers, and
+        # on the training images it rewards copying them (a small folder's run picked an early epoch that way).
+        # Spread over the split, whose order may follow the classes; a conditional model draws the reference's
+        # classes (self.labels), so its samples are compared like with like
+        self.n, self.real, self.labels = len(data.validation), None, None
+        if self.n >= 2:
+            real, self.labels = spaced_images(data.validation, n)
+            self.n, self.real = len(real), self._features(real)
+        self.settings = {"metric": "fid", "feature_space": self.space, "reference": "validation", "samples": self.n,
+                         "seed": seed, "seed_stream": "best_weights", "features_bf16": self.bf16}
 
     @torch.inference_mode()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +72,7 @@ class SampleQuality:
         model.eval()
         try:
             y = self.labels.to(model.device) if model.is_conditional and self.labels is not None else None
-            fake = model.sample(self.n, y=y, generator=torch.Generator().manual_seed(self.seed)).float()
+            fake = model.sample(self.n, y=y, generator=torch.Generator().manual_seed(self.draw_seed)).float()
         finally:
             model.train(was_training)
         return sm.fid(self.real, self._features(fake))

@@ -88,6 +88,7 @@ class Trainer:
             torch.manual_seed(process_seed(t.seed, self.rank, self.pos.step))
         self.writer = None
         self.quality = None  # the best-weights score, built at the first epoch's end
+        self.warned_no_choice = False
         if self.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
             if not resume:  # best weights of an earlier run in this folder are not this run's
@@ -275,7 +276,7 @@ class Trainer:
             self._sync_buffers()
         row = {"event": "epoch", "step": self.pos.step, "epoch": e, "images_per_s": images_per_s,
                **{f"lr_{name}": lr for name, lr in self.epoch_lrs.items()}}
-        metrics = monitor_likelihood(self.sampled_model, self.data.test, t.eval_images, self.accel, t.seed)
+        metrics = monitor_likelihood(self.sampled_model, self.data.validation, t.eval_images, self.accel, t.seed)
         if metrics:
             row.update(metrics)
         if t.track_best and self.is_main and (e % t.best_every_epochs == 0 or e == t.epochs):
@@ -284,8 +285,8 @@ class Trainer:
         if self.is_main and self.progress:
             shown = ""
             if metrics:
-                shown = (f"  test ELBO {metrics['monitor_elbo']:.2f} nats ({self.precision})" if "monitor_elbo" in metrics
-                         else f"  test loss {metrics['monitor_loss']:.2f}")
+                shown = (f"  validation ELBO {metrics['monitor_elbo']:.2f} nats ({self.precision})"
+                         if "monitor_elbo" in metrics else f"  validation loss {metrics['monitor_loss']:.2f}")
             if "sample_fid" in row:
                 shown += f"  sample FID {row['sample_fid']:.1f}" + (" (best)" if row.get("best") else "")
             print(f"epoch {e}/{t.epochs}  step {self.pos.step}  {images_per_s:.0f} img/s{shown}", flush=True)
@@ -295,7 +296,7 @@ class Trainer:
     def _write_grids(self, tag: str) -> None:
         n = self.cfg.train.num_sample_images
         if self.is_main and n > 0:
-            write_grids(self.sampled_model, self.data.test, self.run.samples_dir, tag, n, self.cfg.train.seed,
+            write_grids(self.sampled_model, self.data.validation, self.run.samples_dir, tag, n, self.cfg.train.seed,
                         self.device)
 
     def _optional(self, what: str, work):
@@ -320,6 +321,12 @@ class Trainer:
             self.quality = SampleQuality(self.data, self.cfg.data, n=self.cfg.train.best_samples,
                                          seed=self.cfg.train.seed, progress=self.progress)
         score = self.quality.score(self.sampled_model)
+        if score is None and not self.warned_no_choice:
+            self.warned_no_choice = True
+            message = (f"the validation split has {self.quality.n} image(s), too few to choose the best epoch on; the "
+                       f"run keeps its last weights (model.safetensors)")
+            warnings.warn(message)
+            self.log({"event": "warning", "step": self.pos.step, "epoch": self.pos.epoch, "message": message})
         if score is None or not math.isfinite(score):
             return {}
         best = self.run.best_info()
@@ -330,9 +337,14 @@ class Trainer:
         return {"sample_fid": score, "best": improved}
 
     def _finish(self, reason: str) -> dict:
+        scored = {}
         if reason != "epochs":  # stopped inside an epoch: keep its state and its grids
             self.save_checkpoint()
             self._optional("the sample grids", lambda: self._write_grids(f"step-{self.pos.step:08d}"))
+            if reason in ("max_steps", "time_budget") and self.cfg.train.track_best and self.is_main:
+                # the weights a budget stopped at are a candidate too: without this a run stopped by --time-budget
+                # would keep the last finished epoch's choice and never weigh the training after it
+                scored = self._optional("the best-weights score", self._track_best) or {}
         summary = {
             "model": self.model.registry_name,
             "data": self.data.description,
@@ -356,7 +368,7 @@ class Trainer:
 
             self._optional("the training curves", lambda: plot_training_curves(self.run.read_metrics(),
                                                                              self.run.path / "curves.png"))
-            numbers = {**summary, **(likelihood or {})}
+            numbers = {**summary, **(likelihood or {}), **scored}
             self.log({"event": "end", "step": self.pos.step,
                       **{k: v for k, v in numbers.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
         return summary

@@ -12,18 +12,19 @@ from ..data import ImageSet, epoch_batches, first_images, iterate_batches, space
 from ..grids import originals_over_reconstructions, save_grid
 
 
-def monitor_likelihood(model, test: ImageSet, limit: int, prepared: Prepared, seed: int) -> dict | None:
-    """The per-epoch monitor: mean test ELBO (or an SSIM model's loss) over up to ``limit`` test images under the
-    training precision, on raw pixels and, for conditional models, with the true label. Named ``monitor_*``
-    because it is not the evaluation's number (``likelihood`` in summary.json and eval/metrics.json)."""
-    if not model.has_encoder:
+def monitor_likelihood(model, validation: ImageSet, limit: int, prepared: Prepared, seed: int) -> dict | None:
+    """The per-epoch monitor: mean validation ELBO (or an SSIM model's loss) over up to ``limit`` validation images
+    under the training precision, on raw pixels and, for conditional models, with the true label. Named
+    ``monitor_*`` because it is not the evaluation's number (``likelihood`` in summary.json and eval/metrics.json, on
+    the test images); None without an encoder or validation images."""
+    n = min(limit, len(validation))
+    if not model.has_encoder or n == 0:
         return None
-    n = min(limit, len(test))
     totals = {"elbo": 0.0, "nll": 0.0, "kl": 0.0}
     model.eval()
     with torch.random.fork_rng(devices=[]), prepared.autocast():
         torch.manual_seed(seed)
-        for batch in iterate_batches(test, epoch_batches(n, 500, 0, 0, shuffle=False, drop_last=False),
+        for batch in iterate_batches(validation, epoch_batches(n, 500, 0, 0, shuffle=False, drop_last=False),
                                      prepared.device):
             out = model.elbo(batch["x"], batch["y"] if model.is_conditional else None)
             for key in totals:
@@ -51,9 +52,12 @@ def held_out_likelihood(model, test: ImageSet, seed: int, limit: int = 10_000) -
         model.train()
 
 
-def write_grids(model, test: ImageSet, folder: Path, tag: str, n: int, seed: int, device: torch.device) -> None:
-    """``<tag>-samples.png`` (n prior samples; for a conditional model whole rows, one column per class) and, for
-    models with an encoder, ``<tag>-reconstructions.png`` of 32 test images spread over the split."""
+def write_grids(model, images: ImageSet, folder: Path, tag: str, n: int, seed: int, device: torch.device) -> None:
+    """``<tag>-samples.png`` (n prior samples from the ``grids`` seed stream; for a conditional model whole rows, one
+    column per class) and, for models with an encoder, ``<tag>-reconstructions.png`` of 32 images spread over the
+    split ``images`` (training: the validation split; none when it is empty)."""
+    from ..processes import stream_seed
+
     folder.mkdir(parents=True, exist_ok=True)
     model.eval()
     y, nrow = None, None
@@ -61,10 +65,10 @@ def write_grids(model, test: ImageSet, folder: Path, tag: str, n: int, seed: int
         k = model.config.num_classes
         n = max(1, math.ceil(n / k)) * k
         y, nrow = (torch.arange(n) % k).to(device), k
-    samples = model.sample(n, y=y, generator=torch.Generator().manual_seed(seed))
+    samples = model.sample(n, y=y, generator=torch.Generator().manual_seed(stream_seed("grids", seed)))
     save_grid(samples, folder / f"{tag}-samples.png", nrow=nrow)
-    if model.has_encoder:
-        x, labels = spaced_images(test, 32)  # spread over the split, whose order may follow the classes
+    if model.has_encoder and len(images) > 0:
+        x, labels = spaced_images(images, 32)  # spread over the split, whose order may follow the classes
         labels = labels.to(device) if labels is not None and model.is_conditional else None
         with torch.inference_mode():
             recon = model.reconstruct(x.to(device), labels)
