@@ -318,3 +318,21 @@ def test_evaluate_on_the_validation_split_says_so_and_compare_does_not_rank_it_a
     assert "split" in row and "**" not in row
     with pytest.raises(VaelabError, match="--split must be one of train, validation, test"):
         evaluate(a, split="valid", num_samples=50, features=["pixels"], progress=False)
+
+
+def test_label_accuracy_counts_the_samples_the_classifier_calls_their_label(runs, monkeypatch):
+    """A conditional model that draws a real test digit of the class asked for: its label accuracy is the classifier's
+    accuracy on those digits (high), and it would be ~0.1 if the labels were matched to the wrong samples."""
+    from vaelab.models.cvae import CVAE
+
+    root, _ = runs
+    test = load_data(DataConfig()).test
+    x = first_images(test, 1000)
+    first_of_class = torch.stack([x[test.labels == c][0] for c in range(10)])  # (10, 1, 28, 28)
+    monkeypatch.setattr(CVAE, "decode", lambda self, z, y=None: first_of_class[y.cpu()].to(z.device))
+    result = evaluate(root / "cvae", num_samples=200, features=[f"classifier:{root / 'clf'}"], k=0, utility=False,
+                      progress=False)
+    _, logits = ClassifierExtractor(root / "clf").embed(first_of_class)
+    expected = float((logits.argmax(1) == torch.arange(10)).double().mean())  # every class 20 times
+    accuracy = result["sample_metrics"]["features"][f"classifier:{root / 'clf'}"]["conditional_accuracy"]
+    assert expected >= 0.7 and accuracy == pytest.approx(expected)
