@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from vaelab.cli import app
 from vaelab.config import preset_names, read_preset
 
-# best-weights tracking stays on, as a user has it: the score, its validation reference and the rule for too few
-# validation images run on every folder size
+# best-weights tracking and the latent sampler's fit stay on, as a user has them: the score, its validation
+# reference, the rule for too few validation images and the sampler's fit run on every folder size
 TINY = ["--set", "model.widths=[8,16]", "--set", "model.latent_dim=4", "--set", "train.tensorboard=false",
         "--no-progress"]
 
@@ -117,7 +117,10 @@ def test_every_verb_on_a_user_folder(tmp_path, count, size, channels, labels):
         assert not (run / "model-best.safetensors").exists()
         assert "too few to choose the best epoch on" in output
 
-    ok(["sample", run, "-n", 5, "-o", out / "samples.png"])
+    assert (run / "sampler-gmm.json").is_file()  # fitted at the end of training, whatever the folder's size
+    assert "gmm sampler" in ok(["sample", run, "-n", 5, "-o", out / "samples.png"])
+    if labels is not None:  # the per-class mixture gives an unconditional model --label
+        ok(["sample", run, "-n", 3, "--label", 0, "-o", out / "zeros.png"])
     assert Image.open(out / "samples.png").size[0] > 0
     ok(["sample", run, "-n", 3, "-o", out / "pngs"])
     assert len(list((out / "pngs").rglob("*.png"))) == 3
@@ -176,7 +179,7 @@ def test_train_sample_reconstruct_any_small_folder(tmp_path_factory, count, size
     train_images, _, _ = split_sizes(count)
     result = invoke(["train", "--data", f"folder:{folder}", "--out", run, "--batch-size", batch, "--max-steps", 2,
                      "--set", f"data.image_size={size}", "--set", f"data.channels={channels}",
-                     "--set", f"train.num_sample_images={grid}", *TINY])
+                     "--set", f"train.num_sample_images={grid}", "--set", "train.sampler=prior", *TINY])
     if batch > train_images:
         assert result.exit_code == 2 and "lower train.batch_size" in result.output
         return
@@ -204,7 +207,7 @@ def _train_on_folder(folder: Path, out: Path, preset: str, size: int, channels: 
     return invoke(["train", "--preset", preset, "--data", f"folder:{folder}", "--out", out,
                    "--batch-size", 4, "--max-steps", 2, "--set", f"data.image_size={size}",
                    "--set", f"data.channels={channels}", "--set", "train.tensorboard=false",
-                   "--set", "train.num_sample_images=4", "--no-progress"])
+                   "--set", "train.num_sample_images=4", "--set", "train.sampler=prior", "--no-progress"])
 
 
 @pytest.mark.parametrize("preset", preset_names())

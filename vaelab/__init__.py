@@ -8,7 +8,7 @@ from .errors import VaelabError
 __version__ = "0.1.0"
 __all__ = ["Config", "RunFolder", "VaelabError", "load", "load_config", "train", "__version__"]
 
-_LAZY = {"Config": "config", "load_config": "config", "RunFolder": "run", "load": "run", "train": "training"}
+_LAZY = {"Config": "config", "load_config": "config", "RunFolder": "run", "load": "samplers", "train": "training"}
 
 
 def __getattr__(name: str):

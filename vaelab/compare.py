@@ -40,6 +40,10 @@ def _settings_of(result: dict) -> dict:
         "conditioning": "log p(x)" if "conditioning" in s or not result.get("conditional") else "log p(x|y)",
         "importance_samples": s.get("importance_samples"),
         "pixel_kernel": samples.get("mmd_pixels", {}).get("bandwidth"),
+        # where a model with an encoder drew its latents: the prior and a fitted sampler give the same weights
+        # different samples, so their numbers rank only against runs drawn the same way; a model without an encoder
+        # has no choice (None: it ranks with every run)
+        "sampler": (result.get("sampler") or {"kind": "prior"})["kind"] if "likelihood" in result else None,
     }
     for name, space in samples.get("features", {}).items():
         tag = "clf" if name.startswith("classifier") else name
@@ -60,14 +64,14 @@ def settings_for(metric: str) -> tuple[str, ...]:
     if metric in ("reconstruction_mse_per_pixel", "kl_nats"):
         return ("split", "real_images", "image_size")
     if metric == "mmd_pixels":
-        return ("split", "real_images", "samples", "pixel_kernel")
+        return ("split", "real_images", "samples", "sampler", "pixel_kernel")
     if metric in ("ms_ssim_samples", "sharpness"):
-        return ("samples", "image_size")
+        return ("samples", "image_size", "sampler")
     if metric.startswith("recon_"):  # reconstructions of the real images: no samples involved
-        return tuple(k for k in settings_for(metric.removeprefix("recon_")) if k != "samples")
+        return tuple(k for k in settings_for(metric.removeprefix("recon_")) if k not in ("samples", "sampler"))
     for tag_key in ("fid_", "kid_", "is_", "precision_", "recall_", "classes_", "label_accuracy_"):
         if metric.startswith(tag_key):
-            return ("split", "real_images", "samples", f"space_{metric[len(tag_key):]}")
+            return ("split", "real_images", "samples", "sampler", f"space_{metric[len(tag_key):]}")
     return ("split", "real_images", "samples")
 
 
@@ -191,6 +195,8 @@ def compare(runs: list[str | Path], out: str | Path) -> Path:
            "Best value per metric in **bold** where the runs were measured alike (lower is better for FID, KID, MMD, "
            "MS-SSIM, MSE and bits/dim).", ""]
     md += ["| metric | " + " | ".join(names) + " | not ranked because |", "|---|" + "---|" * (len(names) + 1)]
+    md.append("| sampler | " + " | ".join((res.get("sampler") or {"kind": "prior"})["kind"] for res in results)
+              + " | where the latents came from (`vaelab evaluate --sampler`) |")
     for m in metrics:
         cells = [(f"**{_fmt(row[m])}**" if i in best[m] else _fmt(row[m])) if m in row else "" for i, row in enumerate(rows)]
         md.append(f"| {m} | " + " | ".join(cells) + f" | {unranked.get(m, '')} |")

@@ -89,6 +89,9 @@ class TrainConfig:
     # sample, score, evaluate and save an exponential moving average of the weights (e.g. 0.999: over the last ~1,000
     # steps; vaelab/training/weight_average.py); None: the trained weights themselves
     ema_decay: float | None = None
+    # the latent sampler fitted on the best weights' training codes at the end of training (models with an encoder)
+    # and used by sample / evaluate / the explorer (vaelab/samplers): gmm, or prior for N(0, I) and no fit
+    sampler: Literal["prior", "gmm"] = "gmm"
     tensorboard: bool = True
     # The speed levers of vaelab.accel, each with a switch (what each measured: benchmarks/RESULTS.md)
     compile: bool = False  # torch.compile each sub-network in place (same weights and checkpoints)

@@ -22,7 +22,8 @@ from .metrics import features as feats
 from .metrics import samples as sm
 from .metrics.likelihood import likelihood_metrics
 from .processes import barrier, is_main_process, join_processes, launched_processes, map_chunks, rank_and_world, stream_seed
-from .run import RunFolder, atomic_write_text, load
+from .run import RunFolder, atomic_write_text
+from .samplers import load
 
 
 def _resolve_features(specs: list[str], run_cfg, data, inception_weights, download, progress) -> list:
@@ -123,13 +124,32 @@ def _set_metrics(x_real: torch.Tensor, fake: torch.Tensor, n: int, seed: int) ->
             "ms_ssim_real": sm.ms_ssim_diversity(x_real, pairs=min(1000, n * 2), seed=seed)}
 
 
+def _sampler_record(model) -> dict:
+    """Which latent sampler the sample side drew from, with the settings it was fitted and chosen with."""
+    if not model.has_encoder:
+        return {"kind": "none: the model's own prior (no encoder)"}
+    fitted = model.latent_sampler
+    if fitted is None:
+        return {"kind": "prior"}
+    keep = {k: v for k, v in fitted.settings.items() if k not in ("selection", "class_names")}
+    return {"kind": model.sampler_kind, **keep}
+
+
 def _feature_metrics(embedded: dict, fake_labels, seed: int) -> dict:
-    """Per feature space: FID, KID, precision/recall, MMD, and from logits IS, classes and label accuracy; for a
+    """Per feature space: FID, KID, precision/recall, MMD, and from logits IS, classes and label accuracy; the
+    real-data floor (training against the real images) and the memorisation check (samples' nearest-neighbour
+    distance to the training images against the real images' own) where the training images are embedded; for a
     model with an encoder also FID and precision/recall of its reconstructions of the real images."""
     spaces = {}
-    for extractor, ((f_real, logits_real), (f_fake, logits), recon) in embedded.items():
+    for extractor, ((f_real, logits_real), (f_fake, logits), recon, train) in embedded.items():
         space = {"settings": dict(extractor.settings)}
         space["fid"] = sm.fid(f_real, f_fake)
+        if train is not None:
+            # the floor: training images against the same real images, as many as the samples are compared with
+            # (spread over the split); every FID reads as a multiple of it. And whether samples copy training images
+            floor = train[0][torch.linspace(0, len(train[0]) - 1, min(len(f_real), len(train[0]))).long()]
+            space["real_data_floor_fid"] = sm.fid(f_real, floor)
+            space["memorisation"] = sm.memorisation(f_fake, train[0], f_real)
         space.update(sm.kid(f_real, f_fake, seed=seed))
         space.update(sm.precision_recall(f_real, f_fake, k=3))
         space["mmd"] = sm.mmd(f_real, f_fake)
@@ -153,7 +173,7 @@ def _feature_metrics(embedded: dict, fake_labels, seed: int) -> dict:
 def evaluate(run: str | Path, split: str = "test", num_samples: int | None = None, features: list[str] = ("auto",),
              k: int = 1000, binarized: bool = False, inception_weights: str | None = None, download: bool = False,
              utility: bool = True, utility_epochs: int = 10, seed: int = 0, device: str = "cpu",
-             progress: bool = True, weights: str = "best") -> dict | None:
+             progress: bool = True, weights: str = "best", sampler: str | None = None) -> dict | None:
     """Measure one run; returns the metrics dict and writes RUN/eval/.
 
     Under torchrun / accelerate launch the likelihood batches, the samples and their features are split across
@@ -166,7 +186,7 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     if launched_processes() > 1:
         device = str(join_processes(device)[0])
     main = is_main_process()
-    model = load(run, device=device, weights=weights)
+    model = load(run, device=device, weights=weights, sampler=sampler)
     cfg = model.run_config
     data = load_data(cfg.data)
     part = data.split(split)
@@ -182,7 +202,8 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
                     "precision": "fp32",  # evaluation never autocasts, whatever the training precision was
                     "image_shape": list(model.image_shape),
                     "data": data.description, "split": split,
-                    "real_images": len(x_real), "samples": n, "seed": seed, "seed_stream": "evaluate_samples"}
+                    "real_images": len(x_real), "samples": n, "seed": seed, "seed_stream": "evaluate_samples",
+                    "sampler": _sampler_record(model)}
 
     if model.has_encoder:
         result["likelihood"] = likelihood_metrics(model, x_real, y_real, k=k, binarized=binarized, seed=seed,
@@ -190,10 +211,13 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
 
     fake, fake_labels = generate(model, n, seed, max(1, data.num_classes))
     recon = reconstruct_all(model, x_real, y_real) if model.has_encoder else None
+    # the training images: the memorisation check's reference, and (as many as the real images) the real-data floor
+    x_train = first_images(data.train, len(data.train)) if split != "train" else None
     embedded = {}
     for extractor in _resolve_features(list(features), cfg, data, inception_weights, download, progress and main):
         embedded[extractor] = (embed(extractor, x_real), embed(extractor, fake),
-                               None if recon is None else embed(extractor, recon))
+                               None if recon is None else embed(extractor, recon),
+                               None if x_train is None else embed(extractor, x_train))
     generated = None
     if utility and model.is_conditional and data.train.labels is not None:
         generated = generate(model, len(data.train), seed, data.num_classes, stream="utility")
@@ -209,6 +233,8 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
         embedded = {}
     else:
         samples.update(_set_metrics(x_real, fake, n, seed))
+        if x_train is not None and len(x_train) >= 1:
+            samples["memorisation_pixels"] = sm.memorisation(fake, x_train, x_real)
     samples["features"] = _feature_metrics(embedded, fake_labels, seed)
     result["sample_metrics"] = samples
 

@@ -58,7 +58,7 @@ class Explorer:
     def __init__(self, run: str | Path, device: str = "cpu"):
         from .data import load_data
         from .errors import VaelabError
-        from .run import load
+        from .samplers import load
 
         self.run = Path(run)
         self.model = load(run, device=device)
@@ -68,6 +68,7 @@ class Explorer:
             self.data = None
         self.order, self.kl = dimension_order(self.model, self.data)
         self.shown = self.order[:MAX_SLIDERS]
+        self.base = torch.zeros(self.model.config.latent_dim)
         self.num_classes = getattr(self.model.config, "num_classes", None) or 0
         vectors_path = self.run / "attributes.safetensors"
         self.attributes = {}
@@ -77,7 +78,9 @@ class Explorer:
             self.attributes = load_attribute_vectors(self.run)
 
     def latent(self, values) -> torch.Tensor:
-        z = torch.zeros(self.model.config.latent_dim)
+        """The latent of the sliders' values: the shown dimensions from the sliders, the others from ``base``
+        (zeros, or the last random draw of a fitted sampler)."""
+        z = self.base.clone()
         for dim, value in zip(self.shown, values):
             z[dim] = float(value)
         return z
@@ -93,16 +96,27 @@ class Explorer:
         return to_display(self.model.decode(z, self._label(label))[0].float().cpu())
 
     def random(self, seed: int | None = None) -> list[float]:
+        """Slider values of a random latent: a draw of the run's fitted sampler (the dimensions without a slider
+        keep that draw's values), or of the prior where none is fitted."""
         g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        return [round(float(v), 2) for v in torch.randn(len(self.shown), generator=g).clamp(-3, 3)]
+        sampler = self.model.latent_sampler
+        if sampler is None:
+            return [round(float(v), 2) for v in torch.randn(len(self.shown), generator=g).clamp(-3, 3)]
+        z = sampler.sample(1, generator=g)[0]
+        self.base = z.clone()
+        return [round(float(z[d].clamp(-3, 3)), 2) for d in self.shown]  # the sliders span -3..3
+
+    def reset(self) -> list[float]:
+        self.base = torch.zeros(self.model.config.latent_dim)
+        return [0.0] * len(self.shown)
 
     @torch.no_grad()
     def interpolate(self, seed_a, seed_b, steps, spherical, label=0) -> np.ndarray:
         from .latent import interpolate
 
-        d = self.model.config.latent_dim
-        za = torch.randn(d, generator=torch.Generator().manual_seed(int(seed_a)))
-        zb = torch.randn(d, generator=torch.Generator().manual_seed(int(seed_b)))
+        from .latent import resolve_latent
+
+        za, zb = (resolve_latent(self.model, f"seed:{int(seed)}")[0] for seed in (seed_a, seed_b))
         frames = interpolate(self.model, za, zb, int(steps), bool(spherical),
                              int(label or 0) if self.model.is_conditional else None)
         return np.concatenate([to_display(f) for f in frames], axis=1)
@@ -154,7 +168,7 @@ def build_app(explorer: Explorer):
                 s.change(decode, inputs, image, show_progress="hidden")
             label.change(decode, inputs, image, show_progress="hidden")
             random_button.click(lambda: e.random(), None, sliders)
-            reset_button.click(lambda: [0.0] * len(sliders), None, sliders)
+            reset_button.click(lambda: e.reset(), None, sliders)
         with gr.Tab("Interpolate"):
             with gr.Row():
                 seed_a = gr.Number(1, label="from seed", precision=0)

@@ -34,13 +34,17 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def resolve_latent(model, spec: str, data_split=None):
-    """A latent (D,) from an endpoint spec: an image file, ``seed:N`` (a prior draw), or a test-set index ``N``.
+    """A latent (D,) from an endpoint spec: an image file, ``seed:N`` (a draw from the model's latent sampler, the
+    prior where none is fitted), or a test-set index ``N``.
 
     Returns (z, image or None, label or None).
     """
     c = model.config
     if spec.startswith("seed:"):
         g = torch.Generator().manual_seed(int(spec[5:]))
+        sampler = getattr(model, "latent_sampler", None)
+        if sampler is not None:
+            return sampler.sample(1, generator=g)[0], None, None
         return torch.randn(c.latent_dim, generator=g), None, None
     if not model.has_encoder:
         raise VaelabError(f"{model.registry_name} has no encoder: interpolate between seeds (--from seed:1 --to seed:2)")

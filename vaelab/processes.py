@@ -97,6 +97,7 @@ SEED_STREAMS = {
     "best_weights": 2,  # the per-epoch best-weights score during training
     "grids": 3,  # the per-epoch sample grids
     "utility": 4,  # evaluate's synthetic-data utility draws
+    "sampler_fit": 5,  # the draws that choose a latent sampler's settings (vaelab.samplers)
 }
 
 

@@ -195,6 +195,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str = "b
     ``weights="best"`` (the default) takes model-best.safetensors, the epoch whose samples scored best during
     training, where the run has it, and model.safetensors (the last weights) otherwise; ``"last"`` always takes
     model.safetensors. A run stopped before its weights were written falls back to its newest checkpoint.
+
+    The model samples from its prior; ``vaelab.load`` (``vaelab.samplers.load``) also attaches the run's fitted
+    latent sampler.
     """
     from .models.registry import build_model
 

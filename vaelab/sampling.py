@@ -17,12 +17,18 @@ EXPORT_SUFFIXES = ("", ".png", ".jpg", ".jpeg", ".npz")
 
 def labels_for(model, num: int, label: int | None) -> torch.Tensor | None:
     """The labels (num,) of ``num`` draws: ``label`` for all, or the classes in turn; None for an unconditional
-    model (where ``label`` is an error)."""
+    model without ``label``. An unconditional model takes ``label`` from a per-class latent sampler (its codes of
+    that class), and refuses it otherwise."""
+    sampler = getattr(model, "latent_sampler", None)
+    per_class = sampler is not None and bool(sampler.class_names)
     if not model.is_conditional:
-        if label is not None:
-            raise VaelabError(f"--label needs a conditional model; {model.registry_name} is not conditional")
-        return None
-    k = model.config.num_classes
+        if label is None:
+            return None
+        if not per_class:
+            raise VaelabError(f"--label needs a conditional model or a per-class sampler; {model.registry_name} is not "
+                              f"conditional and draws from the {getattr(model, 'sampler_kind', 'prior')} sampler (fit "
+                              f"one per class on labelled data: `vaelab fit-sampler RUN --per-class`)")
+    k = model.config.num_classes if model.is_conditional else len(sampler.class_names)
     if label is not None:
         if not 0 <= label < k:
             raise VaelabError(f"--label {label} is out of range: this model has classes 0..{k - 1}")

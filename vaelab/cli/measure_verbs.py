@@ -25,6 +25,8 @@ def evaluate(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto; under torchrun one per process"),
     weights: str = typer.Option("best", "--weights", help="best (model-best.safetensors where the run has it) | last"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="the sample side with this latent sampler: prior | "
+                                          "gmm (default: the run's fitted default, else the prior)"),
 ):
     """Measure a run: likelihood (ELBO, IWAE, reconstruction, KL) and samples (FID/KID/IS, MMD, MS-SSIM, P/R, ...).
     Under torchrun the work is split across the processes, with the same result as one process."""
@@ -32,7 +34,7 @@ def evaluate(
 
     result = run_evaluation(run, split=split, num_samples=num_samples, features=features, k=k, binarized=binarized,
                             inception_weights=inception_weights, download=download, utility=utility, seed=seed,
-                            device=device, weights=weights)
+                            device=device, weights=weights, sampler=sampler)
     if result is None:  # not the main process of a torchrun launch: the main one reports
         return
     for key, value in headline(result).items():

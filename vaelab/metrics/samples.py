@@ -169,3 +169,20 @@ def sharpness(images: torch.Tensor) -> float:
     lap = F.conv2d(gray, kernel)
     return float(lap.flatten(1).var(1).mean())
 
+
+
+def nearest_neighbour_distances(queries: torch.Tensor, reference: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """Euclidean distance from each query (N, D) to its nearest row of ``reference`` (M, D): (N,) float64."""
+    ref = reference.flatten(1).double()
+    return torch.cat([torch.cdist(q.flatten(1).double(), ref).min(1).values for q in queries.split(batch)])
+
+
+def memorisation(samples: torch.Tensor, train: torch.Tensor, held_out: torch.Tensor) -> dict:
+    """Whether samples copy training images: the median distance of each sample to its nearest training image
+    against the same median for held-out real images (never trained on). A ratio near 1 is what unseen data of the
+    same distribution gives; far below 1, the samples sit on training images (the issue's guard: >= 0.9).
+    All three sets (N, ...) in one space: pixels (flattened) or features."""
+    own = float(nearest_neighbour_distances(held_out, train).median())
+    theirs = float(nearest_neighbour_distances(samples, train).median())
+    return {"median_nn_samples": theirs, "median_nn_held_out": own, "ratio": theirs / own if own > 0 else float("nan"),
+            "samples": len(samples), "held_out": len(held_out), "train": len(train)}

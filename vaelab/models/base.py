@@ -58,14 +58,26 @@ class GenerativeModel(nn.Module):
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    # a density fitted on the training codes (vaelab.samplers), attached by vaelab.load; None: the prior N(0, I)
+    latent_sampler = None
+
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` images from the prior: (n, C, H, W) in [0, 1]. Conditional models draw classes ``y`` (n,),
-        uniformly at random when ``y`` is None."""
-        z = torch.randn(n, self.config.latent_dim, generator=generator, device="cpu").to(self.device)
+        """Draw ``n`` images: (n, C, H, W) in [0, 1], with z from ``latent_sampler`` where one is attached, else from
+        the prior. Conditional models draw classes ``y`` (n,), uniformly at random when ``y`` is None; an
+        unconditional model takes ``y`` only from a per-class sampler (which then draws each z from its class)."""
+        if self.latent_sampler is None:
+            if y is not None and not self.is_conditional:
+                raise ValueError("classes y need a conditional model or a per-class sampler")
+            z = torch.randn(n, self.config.latent_dim, generator=generator, device="cpu").to(self.device)
+            if self.is_conditional and y is None:
+                y = torch.randint(self.config.num_classes, (n,), generator=generator).to(self.device)
+            return self.decode(z, y)
         if self.is_conditional and y is None:
             y = torch.randint(self.config.num_classes, (n,), generator=generator).to(self.device)
-        return self.decode(z, y)
+        per_class = bool(self.latent_sampler.class_names)
+        z = self.latent_sampler.sample(n, generator=generator, y=None if y is None or not per_class else y.cpu())
+        return self.decode(z.to(self.device), y if self.is_conditional else None)
 
     def extra_state(self) -> dict:
         """Training state beyond parameters and optimizers (a controller, say), saved in checkpoints."""

@@ -336,6 +336,26 @@ class Trainer:
                                                          "step": self.pos.step, **self.quality.settings})
         return {"sample_fid": score, "best": improved}
 
+    def _fit_sampler(self):
+        """Fit the run's default latent sampler on its best weights (vaelab.samplers.fit_sampler), choosing its
+        settings on the validation images, and save it in the run folder."""
+        from ..samplers import fit_sampler
+
+        with torch.random.fork_rng(devices=[]):
+            if self.progress:
+                print(f"fitting the {self.cfg.train.sampler} latent sampler on the training codes "
+                      f"(settings chosen on the validation images)", flush=True)
+            sampler = fit_sampler(self.run.path, self.cfg.train.sampler, seed=self.cfg.train.seed,
+                                  progress=self.progress)
+            if self.progress:
+                chosen = sampler.settings["chosen"]
+                score = chosen["validation_fid"]
+                why = (f"validation FID {score:.2f}" if score is not None else
+                       "no validation images to choose on: the smallest candidate")
+                print(f"sampler: {sampler.kind}, {chosen['components']} components, spread {chosen['spread']}: {why} "
+                      f"(sampler-{sampler.kind}.safetensors)", flush=True)
+        return sampler
+
     def _finish(self, reason: str) -> dict:
         scored = {}
         if reason != "epochs":  # stopped inside an epoch: keep its state and its grids
@@ -368,6 +388,11 @@ class Trainer:
 
             self._optional("the training curves", lambda: plot_training_curves(self.run.read_metrics(),
                                                                              self.run.path / "curves.png"))
+            if self.model.has_encoder and self.cfg.train.sampler != "prior":
+                fitted = self._optional("fitting the latent sampler", self._fit_sampler)
+                if fitted is not None:
+                    summary["sampler"] = {"kind": fitted.kind, **fitted.settings["chosen"]}
+                    atomic_write_text(self.run.summary_path, json.dumps(summary, indent=2) + "\n")
             numbers = {**summary, **(likelihood or {}), **scored}
             self.log({"event": "end", "step": self.pos.step,
                       **{k: v for k, v in numbers.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})

@@ -1,0 +1,167 @@
+"""Latent samplers (vaelab.samplers): what a fit recovers, their files, classes for free, the memorisation check,
+and the default path from `vaelab train` to `vaelab sample`."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import tiny_overrides
+from vaelab.cli import app
+from vaelab.config import DataConfig, load_config
+from vaelab.data import first_images, load_data
+from vaelab.errors import RunFolderError, VaelabError
+from vaelab.metrics import samples as sm
+from vaelab.models.base import GaussianLatentModel
+from vaelab.samplers import fit_mixture, load_sampler
+from vaelab.training import train
+
+
+def _known_mixture(n=3000, seed=0):
+    """Codes (n, 2) from three well separated Gaussians with weights 0.5, 0.3, 0.2, and which component drew each."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.tensor([[-4.0, 0.0], [3.0, 3.0], [3.0, -4.0]])
+    scales = torch.tensor([0.5, 0.8, 0.3])
+    which = torch.multinomial(torch.tensor([0.5, 0.3, 0.2]), n, replacement=True, generator=g)
+    return means[which] + scales[which, None] * torch.randn(n, 2, generator=g), which, means
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_a_mixture_fitted_on_codes_of_a_known_mixture_recovers_it(per_class):
+    codes, which, means = _known_mixture()
+    fitted = fit_mixture(codes, 3, labels=which if per_class else None, class_names=["a", "b", "c"] if per_class else None)
+    order = [int(torch.cdist(m[None], fitted.means.float()).argmin()) for m in means]
+    assert sorted(order) == [0, 1, 2]
+    assert torch.allclose(fitted.means.float()[order], means, atol=0.1)
+    assert torch.allclose(fitted.weights.float()[order], torch.tensor([0.5, 0.3, 0.2]), atol=0.03)
+    # and its draws come back in those proportions
+    draws = fitted.sample(6000, generator=torch.Generator().manual_seed(1))
+    nearest = torch.cdist(draws, means).argmin(1)
+    assert torch.allclose(torch.bincount(nearest, minlength=3) / 6000.0, torch.tensor([0.5, 0.3, 0.2]), atol=0.03)
+    if per_class:  # a class asked for is drawn from that class's component only
+        assert (torch.cdist(fitted.sample(200, y=torch.full((200,), 2)), means).argmin(1) == 2).all()
+
+
+def test_the_spread_scales_the_draws_around_each_component():
+    codes, _, _ = _known_mixture()
+    narrow = fit_mixture(codes, 3, spread=1.0).sample(3000, generator=torch.Generator().manual_seed(0))
+    wide = fit_mixture(codes, 3, spread=2.0).sample(3000, generator=torch.Generator().manual_seed(0))
+    assert float((wide - narrow).norm(dim=1).mean()) > 0.2  # same components and noise, twice the offsets
+    fitted = fit_mixture(codes, 3)
+    centre = fitted.means.float()[torch.cdist(narrow, fitted.means.float()).argmin(1)]
+    assert torch.allclose(wide - centre, 2 * (narrow - centre), atol=1e-4)
+
+
+def test_a_saved_sampler_reloads_to_identical_draws_and_a_changed_file_is_refused(tmp_path):
+    codes, which, _ = _known_mixture()
+    fitted = fit_mixture(codes, 3, labels=which, class_names=["a", "b", "c"])
+    fitted.save(tmp_path)
+    again = load_sampler(tmp_path, "gmm", latent_dim=2)
+    draw = lambda s: s.sample(100, generator=torch.Generator().manual_seed(7), y=torch.arange(100) % 3)
+    assert torch.equal(draw(fitted), draw(again)) and again.class_names == ["a", "b", "c"]
+    with pytest.raises(VaelabError, match="draws 2-D codes but the model's latent has 16"):
+        load_sampler(tmp_path, "gmm", latent_dim=16)
+    tensors = tmp_path / "sampler-gmm.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-3] ^= 0xFF  # one byte of the tensors: still a valid file, other numbers
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(RunFolderError, match="was changed after it was fitted"):
+        load_sampler(tmp_path, "gmm", latent_dim=2)
+    tensors.write_bytes(b"\x80\x04\x95 a pickle, not tensors")
+    with pytest.raises(RunFolderError, match="changed after it was fitted|not a safetensors file"):
+        load_sampler(tmp_path, "gmm", latent_dim=2)
+
+
+class _PixelCodes(GaussianLatentModel):
+    """A toy unconditional model whose codes are its 4x4 images' pixels: encode(x) = x, decode(z) = z."""
+
+    def __init__(self):
+        torch.nn.Module.__init__(self)
+        self.config = type("C", (), {"latent_dim": 16, "channels": 1, "image_size": 4, "logvar_min": -30,
+                                     "logvar_max": 20})()
+        self.dummy = torch.nn.Linear(1, 1)
+
+    def encode(self, x, y=None):
+        return x.flatten(1), torch.full_like(x.flatten(1), -10.0)
+
+    def decode(self, z, y=None):
+        return z.clamp(0, 1).view(-1, 1, 4, 4)
+
+
+def test_an_unconditional_model_with_a_per_class_sampler_draws_the_class_asked_for():
+    """Toy classes: class c lights pixel c. Fitted per class on the codes, `sample(y=c)` lights pixel c; the prior
+    has no classes to give."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(600) % 10
+    x = 0.1 * torch.rand(600, 16, generator=g)
+    x[torch.arange(600), labels] = 0.9
+    model = _PixelCodes()
+    with pytest.raises(ValueError, match="per-class sampler"):
+        model.sample(4, y=torch.zeros(4, dtype=torch.long))
+    model.latent_sampler = fit_mixture(model.encode(x)[0], 20, labels=labels, class_names=[str(c) for c in range(10)])
+    for c in range(10):
+        drawn = model.sample(50, y=torch.full((50,), c), generator=torch.Generator().manual_seed(c))
+        assert (drawn.flatten(1).argmax(1) == c).float().mean() >= 0.95, c
+
+
+def test_the_memorisation_check_flags_a_sampler_that_returns_training_images():
+    data = load_data(DataConfig())
+    train_x = first_images(data.train, len(data.train))
+    held_out = first_images(data.validation, 500)
+    copies = sm.memorisation(train_x[::4][:500], train_x, held_out)
+    assert copies["ratio"] < 1e-6  # every sample sits on a training image
+    unseen = sm.memorisation(first_images(data.test, 500), train_x, held_out)  # real images never trained on
+    assert 0.9 <= unseen["ratio"] <= 1.1  # (0.98: the test digits sit as far from the training digits)
+    noisy_copies = sm.memorisation((train_x[::4][:500] + 0.01 * torch.randn(500, 1, 28, 28)).clamp(0, 1), train_x,
+                                   held_out)
+    assert noisy_copies["ratio"] < 0.5  # near-copies are caught too
+
+
+def test_training_fits_the_default_sampler_and_every_verb_draws_from_it(tmp_path):
+    """`vaelab train` on a model with an encoder ends with a gmm fitted on the best weights' codes (its settings
+    chosen on validation); `sample` uses it without being asked, `--label` works for the unconditional VAE through
+    its per-class mixture, `--sampler prior` still gives the prior, and `evaluate` records the sampler beside the
+    memorisation check and the real-data floor."""
+    run = tmp_path / "vae"
+    cfg = load_config(overrides=tiny_overrides(**{"train.epochs": 2, "train.sampler": "gmm"}))  # the default
+    summary = train(cfg, run, progress=False)
+    assert (run / "sampler-gmm.safetensors").is_file() and summary["sampler"]["kind"] == "gmm"
+    meta = json.loads((run / "sampler-gmm.json").read_text())
+    assert meta["settings"]["per_class"] and len(meta["settings"]["selection"]) == 8
+    assert all(row["validation_fid"] is not None for row in meta["settings"]["selection"])
+    runner = CliRunner()
+    out = runner.invoke(app, ["sample", str(run), "-n", "8", "-o", str(tmp_path / "s.png")])
+    assert out.exit_code == 0 and "gmm sampler" in out.output, out.output
+    out = runner.invoke(app, ["sample", str(run), "-n", "8", "--label", "3", "-o", str(tmp_path / "three.png")])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["sample", str(run), "-n", "8", "--sampler", "prior", "-o", str(tmp_path / "p.png")])
+    assert out.exit_code == 0 and "prior sampler" in out.output, out.output
+    from vaelab.evaluate import evaluate
+
+    result = evaluate(run, num_samples=200, features=["pixels"], k=0, progress=False)
+    assert result["sampler"]["kind"] == "gmm" and result["sampler"]["components"] >= 10
+    space = result["sample_metrics"]["features"]["pixels"]
+    assert space["real_data_floor_fid"] < space["fid"] and space["memorisation"]["ratio"] > 0
+    prior = evaluate(run, num_samples=200, features=["pixels"], k=0, progress=False, sampler="prior")
+    assert prior["sampler"] == {"kind": "prior"}
+    # the explorer's random button: a draw of the fitted sampler (the dimensions without a slider keep its values)
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from vaelab.explore import Explorer
+
+    explorer = Explorer(run)
+    values = explorer.random(seed=5)
+    z = explorer.model.latent_sampler.sample(1, generator=torch.Generator().manual_seed(5))[0]
+    assert values == [round(float(z[d].clamp(-3, 3)), 2) for d in explorer.shown]
+    assert torch.equal(explorer.base, z)
+
+
+def test_fit_sampler_on_a_model_without_an_encoder_is_a_one_line_error(tmp_path):
+    train(load_config(preset="dcgan-mnist", overrides=[*tiny_overrides(vae=False), "train.max_steps=2",
+                                                       "model.generator_widths=[8, 16]",
+                                                       "model.discriminator_widths=[8, 16]"]),
+          tmp_path / "gan", progress=False)
+    out = CliRunner().invoke(app, ["fit-sampler", str(tmp_path / "gan")])
+    assert out.exit_code == 2 and "has no encoder" in out.output and len(out.output.strip().splitlines()) == 1

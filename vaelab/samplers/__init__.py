@@ -1,0 +1,170 @@
+"""Latent samplers: densities fitted on a trained encoder's codes, used in place of the prior N(0, I).
+
+``fit_sampler(run)`` reads a run folder (its best weights, the data its config names), encodes the training images
+(posterior means), fits the candidates of a kind's settings on those codes, and keeps the one whose samples score
+best against the validation images (the best-weights score's FID) among those that do not copy training images
+(median nearest-neighbour distance to the training set at least ``MEMORISATION_FLOOR`` times the validation
+images' own). The test split is never looked at. The result is saved in the run folder (``base``) and attached by
+``vaelab.load(run)`` so that ``model.sample`` draws from it.
+
+Kinds: ``prior`` (no fit: N(0, I), the model's own) and ``gmm`` (``mixture``: one mixture per class where the data
+have labels, so ``--label k`` works for unconditional models too).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import VaelabError
+from .base import LatentSampler, read_sampler_files, sampler_paths
+from .mixture import MixtureSampler, fit_mixture
+
+SAMPLER_KINDS = {"gmm": MixtureSampler}
+KIND_NAMES = ("prior", *SAMPLER_KINDS)
+MEMORISATION_FLOOR = 0.9
+# the candidates a gmm fit compares on validation: total components (split over the classes) and spread
+GMM_COMPONENTS = (10, 25, 50, 100)
+GMM_SPREADS = (1.0, 1.2)
+MAX_CODES = 20_000  # training images encoded for a fit (spread over the split); enough for these densities
+
+
+@torch.no_grad()
+def encode_codes(model, split, limit: int = MAX_CODES, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Posterior means (N, D) of up to ``limit`` images spread over a split, and their labels (N,) or None."""
+    from ..data import spaced_images
+
+    x, labels = spaced_images(split, limit)
+    was_training = model.training
+    model.eval()
+    codes = []
+    for start in range(0, len(x), batch):
+        xb = x[start : start + batch].to(model.device)
+        yb = None if labels is None or not model.is_conditional else labels[start : start + batch].to(model.device)
+        codes.append(model.encode(xb, yb)[0].float().cpu())
+    model.train(was_training)
+    return torch.cat(codes), labels
+
+
+def load(run: str | Path, device: str | torch.device = "cpu", weights: str = "best", sampler: str | None = None):
+    """``vaelab.load``: the model of run folder ``run`` with its trained weights (``vaelab.run.load``), in eval mode,
+    drawing its latents from ``sampler`` (models with an encoder): None takes the run's default
+    (``train.sampler``) where it has been fitted and the prior otherwise; ``"prior"`` the prior N(0, I); a kind
+    (``"gmm"``) that kind's fitted file, or an error that says how to fit it. ``model.sampler_kind`` says which."""
+    from ..run import load as load_weights
+
+    model = load_weights(run, device=device, weights=weights)
+    model.sampler_kind = "prior"
+    if sampler not in (None, "prior") and sampler not in SAMPLER_KINDS:
+        raise VaelabError(f"unknown sampler {sampler!r}; the samplers are {', '.join(KIND_NAMES)}")
+    if not model.has_encoder:
+        if sampler not in (None, "prior"):
+            raise VaelabError(f"{model.registry_name} has no encoder: it samples from its own prior, not a fitted "
+                              f"sampler")
+        return model
+    kind = sampler or model.run_config.train.sampler
+    fitted = kind in SAMPLER_KINDS and sampler_paths(Path(run), kind)[1].is_file()
+    if kind != "prior" and (sampler is not None or fitted):  # an unfitted default quietly stays the prior
+        model.latent_sampler = load_sampler(run, kind, model.config.latent_dim)
+        model.sampler_kind = kind
+    return model
+
+
+def load_sampler(run: str | Path, kind: str, latent_dim: int) -> LatentSampler:
+    """The saved sampler ``kind`` of run folder ``run``, checked against the model's latent size."""
+    if kind not in SAMPLER_KINDS:
+        raise VaelabError(f"unknown sampler {kind!r}; the samplers are {', '.join(KIND_NAMES)}")
+    tensors, meta = read_sampler_files(Path(run), kind)
+    try:
+        sampler = SAMPLER_KINDS[kind].from_tensors(tensors, meta)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise VaelabError(f"{sampler_paths(Path(run), kind)[0]} does not hold a '{kind}' sampler ({exc}); refit it "
+                          f"with `vaelab fit-sampler {run} --sampler {kind}`") from None
+    if sampler.latent_dim != latent_dim:
+        raise VaelabError(f"the '{kind}' sampler of {run} draws {sampler.latent_dim}-D codes but the model's latent "
+                          f"has {latent_dim}; refit it with `vaelab fit-sampler {run} --sampler {kind}`")
+    return sampler
+
+
+def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", components: list[int] | None = None,
+                spreads: list[float] | None = None, per_class: bool | None = None, seed: int = 0,
+                progress: bool = True) -> LatentSampler:
+    """Fit sampler ``kind`` for run folder ``run`` (see the module docstring), save it there and return it. Its
+    ``settings["selection"]`` lists every candidate with its validation FID and memorisation ratio."""
+    from ..data import load_data
+    from ..metrics.quality import SampleQuality
+    from ..metrics import samples as sm
+    from ..processes import stream_seed
+    from ..run import load as load_weights
+
+    if kind not in SAMPLER_KINDS:
+        raise VaelabError(f"--sampler {kind}: a fitted sampler is one of {', '.join(SAMPLER_KINDS)} (prior needs no fit)")
+    start = time.perf_counter()
+    model = load_weights(run, weights=weights)
+    if not model.has_encoder:
+        raise VaelabError(f"{model.registry_name} has no encoder, so it has no codes to fit a sampler on; its samples "
+                          f"come from its own prior")
+    cfg = model.run_config
+    data = load_data(cfg.data)
+    codes, labels = encode_codes(model, data.train)
+    use_classes = (labels is not None and data.num_classes >= 2) if per_class is None else per_class
+    if use_classes and labels is None:
+        raise VaelabError(f"a per-class sampler needs class labels, and {data.description} has none")
+    candidates = [(k, s) for k in (components or GMM_COMPONENTS) for s in (spreads or GMM_SPREADS)]
+    if len(data.validation) < 2:  # nothing to choose on: the smallest candidate, fitted once
+        candidates = candidates[:1]
+    judge = SampleQuality(data, cfg.data, n=cfg.train.best_samples, seed=seed, progress=progress)
+    x_train, _ = _spread(data.train, 2000)
+    x_val, _ = _spread(data.validation, 500)
+    rows, best = [], None
+    fitted: dict[int, MixtureSampler] = {}  # one EM fit per number of components; the spreads reuse it
+    for k, spread in candidates:
+        if k not in fitted:
+            fitted[k] = fit_mixture(codes, k, labels if use_classes else None,
+                                    data.class_names if use_classes else None, seed=seed)
+        sampler = fitted[k].with_spread(spread)
+        model.latent_sampler = sampler
+        row = {"components": k, "spread": spread, "validation_fid": judge.score(model)}
+        if len(x_val) >= 2:
+            draws = torch.Generator().manual_seed(stream_seed("sampler_fit", seed))
+            fake = model.sample(len(x_val), generator=draws).float().cpu()
+            row["memorisation_ratio"] = sm.memorisation(fake, x_train, x_val)["ratio"]
+        rows.append(row)
+        if progress:
+            print(f"  gmm {k:4d} components, spread {spread:.2f}: validation FID "
+                  f"{row['validation_fid'] if row['validation_fid'] is not None else float('nan'):.2f}, "
+                  f"memorisation ratio {row.get('memorisation_ratio', float('nan')):.2f}", flush=True)
+        if _better(row, best):
+            best, chosen = row, sampler
+    model.latent_sampler = None
+    chosen.settings.update({"selection": rows, "chosen": best, "weights": model.weights_file, "seed": seed,
+                            "rule": f"lowest validation FID with a memorisation ratio >= {MEMORISATION_FLOOR}",
+                            "fit_seconds": time.perf_counter() - start})
+    chosen.save(run)
+    return chosen
+
+
+def _better(row: dict, best: dict | None) -> bool:
+    """Candidates that do not copy come first, then the lower validation FID."""
+    if row["validation_fid"] is None:
+        return best is None
+    if best is None or best["validation_fid"] is None:
+        return True
+    ok = lambda r: r.get("memorisation_ratio", 1.0) >= MEMORISATION_FLOOR
+    if ok(row) != ok(best):
+        return ok(row)
+    return row["validation_fid"] < best["validation_fid"]
+
+
+def _spread(split, n: int):
+    from ..data import spaced_images
+
+    if len(split) == 0:
+        return torch.zeros(0), None
+    return spaced_images(split, n)
+
+
+__all__ = ["KIND_NAMES", "LatentSampler", "MixtureSampler", "SAMPLER_KINDS", "encode_codes", "fit_mixture",
+           "fit_sampler", "load", "load_sampler"]
