@@ -44,7 +44,7 @@ def fit_sampler_command(
     sampler: str = typer.Option("gmm", "--sampler", help="gmm: a Gaussian mixture on the training codes (one per class "
                                 "where the data have labels)"),
     components: Optional[List[int]] = typer.Option(None, "--components", help="candidate numbers of components "
-                                                   "(repeatable; default 10 25 50 100), chosen on validation"),
+                                                   "(repeatable; default 10 20 50 100), chosen on validation"),
     spread: Optional[List[float]] = typer.Option(None, "--spread", help="candidate spreads, a factor on every "
                                                  "component's standard deviations (repeatable; default 1.0 1.2)"),
     per_class: Optional[bool] = typer.Option(None, "--per-class/--one-mixture", help="one mixture per class (default "

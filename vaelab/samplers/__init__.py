@@ -26,7 +26,7 @@ SAMPLER_KINDS = {"gmm": MixtureSampler}
 KIND_NAMES = ("prior", *SAMPLER_KINDS)
 MEMORISATION_FLOOR = 0.9
 # the candidates a gmm fit compares on validation: total components (split over the classes) and spread
-GMM_COMPONENTS = (10, 25, 50, 100)
+GMM_COMPONENTS = (10, 20, 50, 100)
 GMM_SPREADS = (1.0, 1.2)
 MAX_CODES = 20_000  # training images encoded for a fit (spread over the split); enough for these densities
 
