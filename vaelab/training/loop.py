@@ -383,16 +383,15 @@ class Trainer:
             summary["likelihood"] = likelihood
         if self.is_main:
             self.run.save_weights(self.sampled_model)
+            if self.model.has_encoder and self.cfg.train.sampler != "prior":  # on the weights just saved
+                fitted = self._optional("fitting the latent sampler", self._fit_sampler)
+                if fitted is not None:
+                    summary["sampler"] = {"kind": fitted.kind, **fitted.settings["chosen"]}
             atomic_write_text(self.run.summary_path, json.dumps(summary, indent=2) + "\n")
             from ..plots import plot_training_curves
 
             self._optional("the training curves", lambda: plot_training_curves(self.run.read_metrics(),
                                                                              self.run.path / "curves.png"))
-            if self.model.has_encoder and self.cfg.train.sampler != "prior":
-                fitted = self._optional("fitting the latent sampler", self._fit_sampler)
-                if fitted is not None:
-                    summary["sampler"] = {"kind": fitted.kind, **fitted.settings["chosen"]}
-                    atomic_write_text(self.run.summary_path, json.dumps(summary, indent=2) + "\n")
             numbers = {**summary, **(likelihood or {}), **scored}
             self.log({"event": "end", "step": self.pos.step,
                       **{k: v for k, v in numbers.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
