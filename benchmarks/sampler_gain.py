@@ -1,12 +1,13 @@
-"""What a fitted latent sampler gives the same weights (issue 33): prior against the run's fitted sampler.
+"""What fitted latent samplers give the same weights (issue 33): the prior against each fitted kind.
 
-    python benchmarks/sampler_gain.py RUN [RUN ...] [--sampler gmm] [--out results.jsonl]
+    python benchmarks/sampler_gain.py RUN [RUN ...] [--samplers gmm flow two-stage] [--out results.jsonl]
 
-For each run folder (a model with an encoder): `vaelab fit-sampler RUN` (its settings chosen on the validation
-images; the run's existing fit is replaced), then `vaelab evaluate RUN --num-samples 1000 --k 0 --no-utility` once
-with `--sampler prior` and once with the fitted sampler (1,000 samples against the 1,000 test images, classifier
-space), and, where the sampler is per class, the label accuracy of `--label k` (100 draws per class, the domain
-classifier's agreement). Prints one JSON row per run and a table.
+For each run folder (a model with an encoder) and each kind: `vaelab fit-sampler RUN --sampler KIND` (its settings
+chosen on the validation images; an existing fit of that kind is replaced), then `vaelab evaluate RUN --num-samples
+1000 --k 0 --no-utility --sampler KIND` (1,000 samples against the 1,000 test images, classifier space), once with
+`--sampler prior` too, and, where the sampler is per class, the label accuracy of `--label k` (100 draws per class,
+the domain classifier's agreement). The run's default sampler (train.sampler) is left as the last kind fitted
+unless that is the run's own default. Prints one JSON row per run and a table per kind.
 """
 
 from __future__ import annotations
@@ -26,63 +27,78 @@ def evaluate(run: Path, sampler: str) -> dict:
                     "--no-utility", "--sampler", sampler], check=True, stdout=subprocess.DEVNULL)
     result = json.loads((run / "eval" / "metrics.json").read_text())
     space = next(v for k, v in result["sample_metrics"]["features"].items() if k.startswith("classifier"))
-    return {"fid": space["fid"], "precision": space["precision"], "recall": space["recall"],
+    return {"fid": space["fid"], "kid": space["kid"], "precision": space["precision"], "recall": space["recall"],
             "classes": space["class_coverage"]["classes_present"], "floor": space.get("real_data_floor_fid"),
             "memorisation_pixels": result["sample_metrics"].get("memorisation_pixels", {}).get("ratio"),
+            "memorisation_features": space.get("memorisation", {}).get("ratio"),
             "sharpness": result["sample_metrics"]["sharpness_samples"]}
 
 
-def label_accuracy(run: Path) -> float | None:
+def label_accuracy(run: Path, sampler: str) -> float | None:
     """Share of 100 draws per class that the domain classifier calls the class asked for (per-class samplers)."""
     from vaelab import load
     from vaelab.data import load_data
     from vaelab.metrics import features as feats
 
-    model = load(run)
-    sampler = model.latent_sampler
-    if sampler is None or not sampler.class_names:
+    model = load(run, sampler=sampler)
+    fitted = model.latent_sampler
+    if fitted is None or not fitted.class_names:
         return None
     cfg = model.run_config
     extractor = feats.ClassifierExtractor(feats.cached_classifier(load_data(cfg.data), cfg.data))
-    y = torch.arange(len(sampler.class_names)).repeat_interleave(100)
+    y = torch.arange(len(fitted.class_names)).repeat_interleave(100)
     with torch.no_grad():
         x = model.sample(len(y), y=y, generator=torch.Generator().manual_seed(12345)).float()
     _, logits = extractor.embed(x)
     return float((logits.argmax(1) == y).float().mean())
 
 
+def measure(run: Path, kind: str) -> dict:
+    subprocess.run([sys.executable, "-m", "vaelab", "fit-sampler", str(run), "--sampler", kind], check=True,
+                   capture_output=True, text=True)
+    meta = json.loads((run / f"sampler-{kind}.json").read_text())["settings"]
+    return {**evaluate(run, kind), "fit_seconds": meta["fit_seconds"], "chosen": meta["chosen"],
+            "label_accuracy": label_accuracy(run, kind)}
+
+
+def mean_sd(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--sampler", default="gmm")
+    parser.add_argument("--samplers", nargs="+", default=["gmm"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     rows = []
     for run in args.runs:
-        fit = subprocess.run([sys.executable, "-m", "vaelab", "fit-sampler", str(run), "--sampler", args.sampler],
-                             check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        meta = json.loads((run / f"sampler-{args.sampler}.json").read_text())["settings"]
-        row = {"run": run.name, "fit": fit, "fit_seconds": meta["fit_seconds"], "chosen": meta["chosen"],
-               "prior": evaluate(run, "prior"), args.sampler: evaluate(run, args.sampler),
-               "label_accuracy": label_accuracy(run)}
+        row = {"run": run.name, "prior": evaluate(run, "prior")}
+        for kind in args.samplers:
+            row[kind] = measure(run, kind)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
-    print(f"| run | prior FID / P / R | {args.sampler} FID / P / R | components, spread | memorisation (pixels) "
-          f"| floor | label acc. | fit s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| run | sampler | FID | KID | precision | recall | memorisation (pixels / features) | floor | label acc. "
+          "| fit s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        p, g = r["prior"], r[args.sampler]
-        acc = f"{r['label_accuracy']:.3f}" if r["label_accuracy"] is not None else "-"
-        print(f"| {r['run']} | {p['fid']:.1f} / {p['precision']:.2f} / {p['recall']:.2f} | {g['fid']:.1f} / "
-              f"{g['precision']:.2f} / {g['recall']:.2f} | {r['chosen']['components']}, {r['chosen']['spread']} | "
-              f"{g['memorisation_pixels']:.2f} | {g['floor']:.1f} | {acc} | {r['fit_seconds']:.0f} |")
+        for kind in ("prior", *args.samplers):
+            m = r[kind]
+            acc = f"{m['label_accuracy']:.3f}" if m.get("label_accuracy") is not None else "-"
+            fit = f"{m['fit_seconds']:.0f}" if "fit_seconds" in m else "-"
+            print(f"| {r['run']} | {kind} | {m['fid']:.1f} | {m['kid']:.1f} | {m['precision']:.2f} | "
+                  f"{m['recall']:.2f} | {m['memorisation_pixels']:.2f} / {m['memorisation_features']:.2f} | "
+                  f"{m['floor']:.2f} | {acc} | {fit} |")
     if len(rows) > 1:
-        for key in ("prior", args.sampler):
-            fids = [r[key]["fid"] for r in rows]
-            print(f"{key}: FID {statistics.mean(fids):.1f} ± {statistics.stdev(fids):.1f}")
+        for kind in ("prior", *args.samplers):
+            cells = [mean_sd([r[kind][key] for r in rows], fmt) for key, fmt in
+                     (("fid", "{:.1f}"), ("precision", "{:.2f}"), ("recall", "{:.2f}"))]
+            print(f"{kind}: FID {cells[0]}, precision {cells[1]}, recall {cells[2]}")
 
 
 if __name__ == "__main__":

@@ -90,8 +90,9 @@ class TrainConfig:
     # steps; vaelab/training/weight_average.py); None: the trained weights themselves
     ema_decay: float | None = None
     # the latent sampler fitted on the best weights' training codes at the end of training (models with an encoder)
-    # and used by sample / evaluate / the explorer (vaelab/samplers): gmm, or prior for N(0, I) and no fit
-    sampler: Literal["prior", "gmm"] = "gmm"
+    # and used by sample / evaluate / the explorer (vaelab/samplers): gmm | flow | two-stage, or prior for N(0, I)
+    # and no fit
+    sampler: Literal["prior", "gmm", "flow", "two-stage"] = "gmm"
     tensorboard: bool = True
     # The speed levers of vaelab.accel, each with a switch (what each measured: benchmarks/RESULTS.md)
     compile: bool = False  # torch.compile each sub-network in place (same weights and checkpoints)

@@ -32,24 +32,6 @@ def unbiased_mmd2(kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Tensor) -> to
         - 2 * kxy.mean()
 
 
-IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-
-
-def imq_mmd2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Unbiased MMD^2 between two sets of codes a (N, D) and b (M, D), differentiable in both. Scalar, float32.
-
-    The inverse multiquadratic kernel k(u, v) = C / (C + ||u - v||^2) with C = 2 D s^2 for a N(0, I) prior
-    (Tolstikhin et al. 2018, WAE-MMD, sec. 4), summed over the scales s^2 of ``IMQ_SCALES`` as their code does: its
-    heavy tails keep a gradient for codes far out, where a Gaussian kernel's vanishes."""
-    a, b = a.float(), b.float()
-    points = torch.cat([a, b])
-    d2 = torch.cdist(points, points).pow(2)
-    n = a.shape[0]
-    base = 2.0 * a.shape[1]
-    k = sum(base * s / (base * s + d2) for s in IMQ_SCALES)
-    return unbiased_mmd2(k[:n, :n], k[n:, n:], k[:n, n:])
-
-
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """-log Bernoulli(x | sigmoid(logits)) summed over pixels (binary cross-entropy). (B, C, H, W) -> (B,)."""
     bce = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")

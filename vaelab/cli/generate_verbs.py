@@ -23,7 +23,7 @@ def sample(
     weights: str = typer.Option("best", "--weights", help="best: the epoch whose samples scored best in training "
                                 "(model-best.safetensors); last: the final weights (model.safetensors)"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="where z comes from: the run's fitted default "
-                                          "(sampler-*.safetensors) unless prior | gmm is given"),
+                                          "(sampler-*.safetensors) unless prior | gmm | flow | two-stage is given"),
 ):
     """Draw images: z from the run's fitted latent sampler (the prior N(0, I) where none is fitted), decoded."""
     from .. import load
@@ -41,26 +41,28 @@ def sample(
 @user_errors
 def fit_sampler_command(
     run: Path = typer.Argument(..., help="run folder of a model with an encoder"),
-    sampler: str = typer.Option("gmm", "--sampler", help="gmm: a Gaussian mixture on the training codes (one per class "
-                                "where the data have labels)"),
+    sampler: str = typer.Option("gmm", "--sampler", help="gmm: a Gaussian mixture on the training codes | flow: a "
+                                "neural spline flow | two-stage: Dai & Wipf's second VAE (each per class where the "
+                                "data have labels)"),
     components: Optional[List[int]] = typer.Option(None, "--components", help="candidate numbers of components "
                                                    "(repeatable; default 10 20 50 100), chosen on validation"),
-    spread: Optional[List[float]] = typer.Option(None, "--spread", help="candidate spreads, a factor on every "
-                                                 "component's standard deviations (repeatable; default 1.0 1.2)"),
-    per_class: Optional[bool] = typer.Option(None, "--per-class/--one-mixture", help="one mixture per class (default "
+    spread: Optional[List[float]] = typer.Option(None, "--spread", help="candidate spreads, a factor on the base "
+                                                 "noise or every component's standard deviations (repeatable; "
+                                                 "default 1.0 1.2 for gmm, 0.8 1.0 otherwise)"),
+    per_class: Optional[bool] = typer.Option(None, "--per-class/--one-mixture", help="a density per class (default "
                                              "where the data have labels: --label works for every model)"),
     weights: str = typer.Option("best", "--weights", help="best | last: the weights whose codes are fitted"),
     seed: int = typer.Option(0, "--seed"),
 ):
     """Fit a latent sampler on a trained run's training codes (runs made before samplers too), its settings chosen
     on the validation images; `sample`, `evaluate` and the explorer then draw from it."""
-    from ..samplers import fit_sampler
+    from ..samplers import describe, fit_sampler
 
     fitted = fit_sampler(run, sampler, weights=weights, components=components, spreads=spread,
                          per_class=per_class, seed=seed)
     chosen = fitted.settings["chosen"]
     score = chosen["validation_fid"]
-    typer.echo(f"{sampler}: {fitted.settings['components']} components, spread {chosen['spread']}"
+    typer.echo(f"{sampler}: {describe(chosen)}"
                + (f", validation FID {score:.2f}" if score is not None else ", no validation images to choose on")
                + f"; saved {run / f'sampler-{sampler}.safetensors'} ({fitted.settings['fit_seconds']:.1f} s)")
 

@@ -26,7 +26,7 @@ def evaluate(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto; under torchrun one per process"),
     weights: str = typer.Option("best", "--weights", help="best (model-best.safetensors where the run has it) | last"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="the sample side with this latent sampler: prior | "
-                                          "gmm (default: the run's fitted default, else the prior)"),
+                                          "gmm | flow | two-stage (default: the run's fitted default, else the prior)"),
 ):
     """Measure a run: likelihood (ELBO, IWAE, reconstruction, KL) and samples (FID/KID/IS, MMD, MS-SSIM, P/R, ...).
     Under torchrun the work is split across the processes, with the same result as one process."""

@@ -10,9 +10,9 @@ hidden code has the latent size. With x_v = Dec(z_v), z_v ~ q(z|x), and x_g = De
        (the paper's text writes L_g with x in place of x_g; this is the BEGAN form it means)
 - (9)  L_s = (1/|z_d|) ||z_d - z'_v||_1 between D_enc(x) and D_enc(x_v)
 - (13) L_dis = L_d - k_{t-1} (L_g + alpha L_v)   (``fake_margin`` m: k_{t-1} min(L_g + alpha L_v, m), EBGAN's hinge)
-- (14) L_gen = L_g + alpha L_v + beta L_s + gamma L_e   (``adv_weight`` a (p L_g + alpha L_v), p ``prior_adv_weight``;
+- (14) L_gen = L_g + alpha L_v + beta L_s + gamma L_e   (``adv_weight`` a (L_g + alpha L_v);
        + ``latent_regression_weight`` L_z, L_z = -log q(z_g | x_g) / |z|)
-- (15) L_enc = L_n + beta L_s + gamma L_e   (+ ``aggregate_mmd_weight`` MMD^2(z_v, z_g))
+- (15) L_enc = L_n + beta L_s + gamma L_e   (``kl_weight`` on L_n)
 - (11) e_t = eta L_d - (L_g + alpha L_v)   (the BEGAN sign; the paper's text has a sign slip)
 - (12) k_t = clip(k_{t-1} + l1 e_t + l2 (e_t - e_{t-1}) + l3 (e_t + e_{t-2} - 2 e_{t-1}), 0, 1)
 - convergence M = L_d + |eta L_d - L_g - alpha L_v|, logged with k_t every step.
@@ -23,11 +23,11 @@ The networks work on images scaled to [-1, 1] and end linear, as BEGAN's do (``t
 The KL of (3) is averaged over latent dimensions (``kl_reduction: mean``), the 1/|z| normalisation the paper gives
 L_s in (9) and L_e in (2). Knobs beyond the paper, all at the paper's value by default (the mnist5k presets set the
 ones their measurements support, each with its measurement): ``kl_weight`` on L_n in (15), ``adv_weight`` on
-L_g + alpha L_v in (14) and ``prior_adv_weight`` on its L_g, ``pull_away_weight`` (EBGAN's repelling term on the
-codes of x_g), ``fake_margin`` (EBGAN's hinge on the fake term of (13)), ``discriminator_lr`` (two time-scale
-updates), ``kl_warmup_steps`` (L_n's weight ramped up from 0), ``aggregate_mmd_weight`` (InfoVAE's MMD between
-the posterior and prior samples, added to (15)), ``latent_regression_weight`` (InfoGAN's -log q(z_g | Dec(z_g)),
-added to (14)), and ``arch: dcgan`` with ``generator_norm``.
+L_g + alpha L_v in (14), ``pull_away_weight`` (EBGAN's repelling term on the codes of x_g), ``fake_margin``
+(EBGAN's hinge on the fake term of (13)), ``discriminator_lr`` (two time-scale updates),
+``latent_regression_weight`` (InfoGAN's -log q(z_g | Dec(z_g)), added to (14)), and ``arch: dcgan`` with
+``generator_norm``. (A KL warm-up, InfoVAE's aggregate MMD and a weight on L_g alone were measured and removed: no
+preset used them; docs/avae-probes.md, sessions 14-15.)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import imq_mmd2, kl_standard_normal, log_normal
+from ..losses import kl_standard_normal, log_normal
 from .base import GaussianLatentModel, GenerativeModel
 from .blocks import BeganDecoder, BeganEncoder, ConvDecoder, ConvEncoder, running_batch_statistics
 
@@ -152,26 +152,12 @@ class AVAEConfig:
     fake_margin: float | None = None
     kl_reduction: Literal["mean", "sum"] = "mean"
     kl_weight: float = 1.0  # the weight of L_n in (15): 1 in the paper
-    # KL warm-up (Bowman et al. 2016; Sonderby et al. 2016): L_n's weight rises linearly from 0 to kl_weight over the
-    # first kl_warmup_steps optimizer steps, so the encoder is not pressed onto the prior before the decoder can use
-    # its codes; 0: the paper's constant weight
-    kl_warmup_steps: int = 0
-    # InfoVAE / WAE-MMD (Zhao et al. 2019; Tolstikhin et al. 2018): a weight on MMD^2 between the batch's posterior
-    # samples z_v and the prior samples z_g, added to (15). The KL of (3) pulls each posterior to the prior; this
-    # pulls their aggregate q(z) = E_x q(z|x) onto it, so z ~ N(0, I) lands where codes of every class are and the
-    # prior's mass per class follows the data. 0: the paper's (15)
-    aggregate_mmd_weight: float = 0.0
     # latent regression (InfoGAN's bound on I(z; Dec(z)), Chen et al. 2016, eq. 4; BicycleGAN's cLR): a weight on
     # L_z = -log q(z_g | x_g) / |z|, the encoder's density at the prior sample z_g for its own decoding x_g, added to
     # the decoder's (14). It asks the decoder to draw, for z_g, an image the encoder maps back to z_g, i.e. the digit
     # whose posteriors hold z_g, not whichever digit the discriminator finds cheapest. 0: the paper's (14)
     latent_regression_weight: float = 0.0
     adv_weight: float = 1.0  # the weight of the adversarial L_g + alpha L_v in (14): 1 in the paper
-    # a further weight on L_g alone in (14) (the prior samples' term; L_dis and e_t keep L_g + alpha L_v): the
-    # auto-encoder's L1 energy is lower for digits with less ink, and pressing the prior samples' energy down draws
-    # those digits more often; x_v's term has L_e beside it to hold each reconstruction to its digit. 1: the paper's
-    # (mnist5k, 0.3: a slightly flatter class mix, worse FID; benchmarks/RESULTS.md, "AVAE", session 15)
-    prior_adv_weight: float = 1.0
     pull_away_weight: float = 0.0  # EBGAN's pull-away term on the codes of x_g, added to (14); not in the paper
     lr: float = 5e-5
     # the discriminator's own rate (two time-scale updates, Heusel et al. 2017); None: lr, as in the paper
@@ -182,15 +168,11 @@ class AVAEConfig:
 
     def validate(self) -> None:
         validate_began_controlled(self)
-        if self.prior_adv_weight < 0:
-            raise ConfigError(f"model.prior_adv_weight must be 0 or more, got {self.prior_adv_weight}")
+        if self.adv_weight < 0:
+            raise ConfigError(f"model.adv_weight must be 0 or more, got {self.adv_weight}")
         if self.latent_regression_weight < 0:
             raise ConfigError(f"model.latent_regression_weight must be 0 (off) or more, got "
                               f"{self.latent_regression_weight}")
-        if self.aggregate_mmd_weight < 0:
-            raise ConfigError(f"model.aggregate_mmd_weight must be 0 (off) or more, got {self.aggregate_mmd_weight}")
-        if self.kl_warmup_steps < 0:
-            raise ConfigError(f"model.kl_warmup_steps must be 0 (no warm-up) or more, got {self.kl_warmup_steps}")
 
 
 def validate_began_controlled(c) -> None:
@@ -265,15 +247,9 @@ class AVAE(_BeganControlled, GaussianLatentModel):
         """Pixel sum of absolute errors per image (B,) on the [0, 1] scale: an evaluation proxy, not a likelihood."""
         return (to_image(output) - x.float()).abs().flatten(1).sum(1)
 
-    def kl_scale(self, step: int | None) -> float:
-        """The fraction of kl_weight on L_n at optimizer step ``step`` (0, 1, ...): (step + 1) / kl_warmup_steps up to
-        1; 1 without a warm-up or without a step (evaluation)."""
-        warmup = self.config.kl_warmup_steps
-        return 1.0 if step is None or warmup == 0 else min(1.0, (step + 1) / warmup)
-
-    def losses(self, x: torch.Tensor, step: int | None = None) -> dict[str, torch.Tensor]:
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every term of eqs. (2)-(15) for one batch x (B, C, H, W) in [0, 1], plus e_t and M; scalars, all
-        measured on the [-1, 1] scale the networks work in. ``step``: the optimizer step, for the KL warm-up."""
+        measured on the [-1, 1] scale the networks work in."""
         c = self.config
         x = to_signed(x)
         b = x.shape[0]
@@ -295,30 +271,25 @@ class AVAE(_BeganControlled, GaussianLatentModel):
             "L_s": l1(z_d, z_v),
             "L_pt": pull_away(code_g),
         }
-        if c.aggregate_mmd_weight > 0:
-            # the prior samples are noise, not a function of the weights: only the encoder gets this gradient
-            t["L_mmd"] = imq_mmd2(z_post, z_prior)
         if c.latent_regression_weight > 0:
             with running_batch_statistics(self.encoder):  # x_g's statistics stay out of the real batch's
                 mu_g, logvar_g = self.split_moments(self.encoder(x_g))
             t["L_z"] = -log_normal(z_prior, mu_g, logvar_g).mean() / c.latent_dim
         k = self.controller.k
         t["L_dis"] = t["L_d"] - k * self._fake_term(t["L_g"] + c.alpha * t["L_v"])
-        t["L_gen"] = c.adv_weight * (c.prior_adv_weight * t["L_g"] + c.alpha * t["L_v"]) + c.beta * t["L_s"] \
+        t["L_gen"] = c.adv_weight * (t["L_g"] + c.alpha * t["L_v"]) + c.beta * t["L_s"] \
             + c.gamma * t["L_e"] \
             + c.pull_away_weight * t["L_pt"]
         if "L_z" in t:
             t["L_gen"] = t["L_gen"] + c.latent_regression_weight * t["L_z"]
-        t["L_enc"] = c.kl_weight * self.kl_scale(step) * t["L_n"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
-        if "L_mmd" in t:
-            t["L_enc"] = t["L_enc"] + c.aggregate_mmd_weight * t["L_mmd"]
+        t["L_enc"] = c.kl_weight * t["L_n"] + c.beta * t["L_s"] + c.gamma * t["L_e"]
         balance = c.eta * t["L_d"] - (t["L_g"] + c.alpha * t["L_v"])
         t["e"] = balance.detach()
         t["M"] = (t["L_d"] + balance.abs()).detach()
         return t
 
     def training_step(self, batch, ctx):
-        t = self.losses(batch["x"], ctx.step)
+        t = self.losses(batch["x"])
         ctx.update_many({"encoder": t["L_enc"], "decoder": t["L_gen"], "discriminator": t["L_dis"]}, t)
         k = self.controller.update(float(ctx.mean_over_processes(t["e"])))
         return {**{key: v.detach() for key, v in t.items()}, "k": torch.tensor(k)}

@@ -7,8 +7,11 @@ best against the validation images (the best-weights score's FID) among those th
 images' own). The test split is never looked at. The result is saved in the run folder (``base``) and attached by
 ``vaelab.load(run)`` so that ``model.sample`` draws from it.
 
-Kinds: ``prior`` (no fit: N(0, I), the model's own) and ``gmm`` (``mixture``: one mixture per class where the data
-have labels, so ``--label k`` works for unconditional models too).
+Kinds: ``prior`` (no fit: N(0, I), the model's own); ``gmm`` (``mixture``: a Gaussian mixture, one per class where
+the data have labels); ``flow`` (a neural spline flow); ``two-stage`` (Dai & Wipf's second-stage VAE). The fitted
+kinds condition on the class where the data have labels, so ``--label k`` works for unconditional models too. The
+network kinds keep the epoch with the best loss on the validation images' codes; every kind's spread (a factor on
+its base noise or its components' standard deviations) is then chosen by validation FID.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ import torch
 
 from ..errors import VaelabError
 from .base import LatentSampler, read_sampler_files, sampler_paths
+from .flow import FlowSampler, fit_flow
 from .mixture import MixtureSampler, fit_mixture
+from .two_stage import TwoStageSampler, fit_two_stage
 
-SAMPLER_KINDS = {"gmm": MixtureSampler}
+SAMPLER_KINDS = {"gmm": MixtureSampler, "flow": FlowSampler, "two-stage": TwoStageSampler}
 KIND_NAMES = ("prior", *SAMPLER_KINDS)
 MEMORISATION_FLOOR = 0.9
 # the candidates a gmm fit compares on validation: total components (split over the classes) and spread
 GMM_COMPONENTS = (10, 20, 50, 100)
 GMM_SPREADS = (1.0, 1.2)
+NETWORK_SPREADS = (0.8, 1.0)
 MAX_CODES = 20_000  # training images encoded for a fit (spread over the split); enough for these densities
 
 
@@ -92,7 +98,8 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
                 spreads: list[float] | None = None, per_class: bool | None = None, seed: int = 0,
                 progress: bool = True) -> LatentSampler:
     """Fit sampler ``kind`` for run folder ``run`` (see the module docstring), save it there and return it. Its
-    ``settings["selection"]`` lists every candidate with its validation FID and memorisation ratio."""
+    ``settings["selection"]`` lists every candidate with its validation FID and memorisation ratio, and
+    ``settings["chosen"]`` the kept one. ``components`` are the gmm's candidates; ``spreads`` any kind's."""
     from ..data import load_data
     from ..metrics.quality import SampleQuality
     from ..metrics import samples as sm
@@ -101,6 +108,8 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
 
     if kind not in SAMPLER_KINDS:
         raise VaelabError(f"--sampler {kind}: a fitted sampler is one of {', '.join(SAMPLER_KINDS)} (prior needs no fit)")
+    if components and kind != "gmm":
+        raise VaelabError(f"--components sets the gmm's candidates; the '{kind}' sampler has none")
     start = time.perf_counter()
     model = load_weights(run, weights=weights)
     if not model.has_encoder:
@@ -112,28 +121,32 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
     use_classes = (labels is not None and data.num_classes >= 2) if per_class is None else per_class
     if use_classes and labels is None:
         raise VaelabError(f"a per-class sampler needs class labels, and {data.description} has none")
-    candidates = [(k, s) for k in (components or GMM_COMPONENTS) for s in (spreads or GMM_SPREADS)]
-    if len(data.validation) < 2:  # nothing to choose on: the smallest candidate, fitted once
-        candidates = candidates[:1]
+    class_names = data.class_names if use_classes else None
+    labels = labels if use_classes else None
+    spreads = list(spreads or (GMM_SPREADS if kind == "gmm" else NETWORK_SPREADS))
+    few = len(data.validation) < 2  # nothing to choose on: the first candidate, fitted once
+    if kind == "gmm":
+        candidates = _mixture_candidates(codes, labels, class_names, list(components or GMM_COMPONENTS)[: 1 if few
+                                         else None], spreads[: 1 if few else None], seed)
+    else:
+        val_codes, val_labels = encode_codes(model, data.validation) if not few else (None, None)
+        fit = fit_flow if kind == "flow" else fit_two_stage
+        fitted = fit(codes, labels, class_names, val_codes, val_labels if use_classes else None, seed=seed)
+        candidates = (({"spread": s}, fitted.with_spread(s)) for s in spreads[: 1 if few else None])
     judge = SampleQuality(data, cfg.data, n=cfg.train.best_samples, seed=seed, progress=progress)
     x_train, _ = _spread(data.train, 2000)
     x_val, _ = _spread(data.validation, 500)
     rows, best = [], None
-    fitted: dict[int, MixtureSampler] = {}  # one EM fit per number of components; the spreads reuse it
-    for k, spread in candidates:
-        if k not in fitted:
-            fitted[k] = fit_mixture(codes, k, labels if use_classes else None,
-                                    data.class_names if use_classes else None, seed=seed)
-        sampler = fitted[k].with_spread(spread)
+    for row, sampler in candidates:
         model.latent_sampler = sampler
-        row = {"components": k, "spread": spread, "validation_fid": judge.score(model)}
+        row["validation_fid"] = judge.score(model)
         if len(x_val) >= 2:
             draws = torch.Generator().manual_seed(stream_seed("sampler_fit", seed))
             fake = model.sample(len(x_val), generator=draws).float().cpu()
             row["memorisation_ratio"] = sm.memorisation(fake, x_train, x_val)["ratio"]
         rows.append(row)
         if progress:
-            print(f"  gmm {k:4d} components, spread {spread:.2f}: validation FID "
+            print(f"  {kind} {describe(row)}: validation FID "
                   f"{row['validation_fid'] if row['validation_fid'] is not None else float('nan'):.2f}, "
                   f"memorisation ratio {row.get('memorisation_ratio', float('nan')):.2f}", flush=True)
         if _better(row, best):
@@ -144,6 +157,19 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
                             "fit_seconds": time.perf_counter() - start})
     chosen.save(run)
     return chosen
+
+
+def _mixture_candidates(codes, labels, class_names, components, spreads, seed):
+    for k in components:  # one EM fit per number of components; the spreads reuse it
+        fitted = fit_mixture(codes, k, labels, class_names, seed=seed)
+        for spread in spreads:
+            yield {"components": k, "spread": spread}, fitted.with_spread(spread)
+
+
+def describe(chosen: dict) -> str:
+    """A candidate's settings in words: '50 components, spread 1.2' or 'spread 1.0'."""
+    parts = [f"{chosen['components']} components"] if "components" in chosen else []
+    return ", ".join(parts + [f"spread {chosen['spread']}"])
 
 
 def _better(row: dict, best: dict | None) -> bool:
@@ -166,5 +192,6 @@ def _spread(split, n: int):
     return spaced_images(split, n)
 
 
-__all__ = ["KIND_NAMES", "LatentSampler", "MixtureSampler", "SAMPLER_KINDS", "encode_codes", "fit_mixture",
-           "fit_sampler", "load", "load_sampler"]
+__all__ = ["FlowSampler", "KIND_NAMES", "LatentSampler", "MixtureSampler", "SAMPLER_KINDS", "TwoStageSampler",
+           "describe", "encode_codes", "fit_flow", "fit_mixture", "fit_sampler", "fit_two_stage", "load",
+           "load_sampler"]

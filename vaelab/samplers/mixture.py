@@ -73,11 +73,6 @@ class MixtureSampler(LatentSampler):
         return cls(tensors["weights"], tensors["means"], tensors["scale_tril"], tensors["component_class"],
                    settings.get("class_names"), settings)
 
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log density of codes z (N, D) under the mixture at spread 1: (N,)."""
-        dist = torch.distributions.MultivariateNormal(self.means, scale_tril=self.scale_tril)
-        return torch.logsumexp(dist.log_prob(z.double().unsqueeze(1)) + self.weights.log(), dim=1)
-
 
 def fit_mixture(codes: torch.Tensor, components: int, labels: torch.Tensor | None = None,
                 class_names: list[str] | None = None, covariance: str = "full", spread: float = 1.0,

@@ -339,7 +339,7 @@ class Trainer:
     def _fit_sampler(self):
         """Fit the run's default latent sampler on its best weights (vaelab.samplers.fit_sampler), choosing its
         settings on the validation images, and save it in the run folder."""
-        from ..samplers import fit_sampler
+        from ..samplers import describe, fit_sampler
 
         with torch.random.fork_rng(devices=[]):
             if self.progress:
@@ -352,7 +352,7 @@ class Trainer:
                 score = chosen["validation_fid"]
                 why = (f"validation FID {score:.2f}" if score is not None else
                        "no validation images to choose on: the smallest candidate")
-                print(f"sampler: {sampler.kind}, {chosen['components']} components, spread {chosen['spread']}: {why} "
+                print(f"sampler: {sampler.kind}, {describe(chosen)}: {why} "
                       f"(sampler-{sampler.kind}.safetensors)", flush=True)
         return sampler
 
