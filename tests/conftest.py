@@ -9,6 +9,8 @@ from vaelab.models import build_model
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the tracker tests talk to their own local server only
+os.environ.setdefault("WANDB_MODE", "offline")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -31,7 +33,7 @@ def tiny_overrides(vae: bool = True, **extra) -> list[str]:
         "train.batch_size": "100",
         "train.log_every": "5",
         "train.num_sample_images": "16",
-        "train.tensorboard": "false",
+        "train.trackers": "[]",
         # the latent sampler's fit (its candidates compared on validation) is tested where it is the subject
         # (test_samplers.py, the user-folder matrix); elsewhere runs sample from the prior and end sooner
         "train.sampler": "prior",

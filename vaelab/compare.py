@@ -153,7 +153,11 @@ def verdict(names: list[str], rows: list[dict], metrics: list[str], unranked: di
 
 
 def compare(runs: list[str | Path], out: str | Path) -> Path:
-    runs = [Path(r) for r in runs]
+    """One report over evaluated runs, given as run folders or as tracker runs (``mlflow:RUN_ID``, ``wandb:ID``:
+    the run folder each tracker run recorded)."""
+    from .tracking import run_folder_of
+
+    runs = [run_folder_of(str(r)) if str(r).startswith(("mlflow:", "wandb:")) else Path(r) for r in runs]
     if not runs:
         raise VaelabError("give at least one run folder to compare")
     for r in runs:

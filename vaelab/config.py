@@ -93,7 +93,13 @@ class TrainConfig:
     # and used by sample / evaluate / the explorer (vaelab/samplers): gmm | flow | two-stage, or prior for N(0, I)
     # and no fit
     sampler: Literal["prior", "gmm", "flow", "two-stage"] = "gmm"
-    tensorboard: bool = True
+    # where the run is logged besides its folder (vaelab/tracking.py): tensorboard | mlflow | wandb (the last two
+    # are the extras vaelab[mlflow] / vaelab[wandb]); [] for none. Their servers and projects come from their own
+    # settings (MLFLOW_TRACKING_URI, WANDB_MODE, WANDB_PROJECT, ...) unless these keys set them
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    tracker_uri: str | None = None  # MLflow's tracking URI (None: MLFLOW_TRACKING_URI, else MLflow's default)
+    tracker_project: str | None = None  # MLflow's experiment / W&B's project (None: "vaelab", or WANDB_PROJECT)
+    tracker_optional: bool = False  # a tracker that cannot be reached at the start: a warning, not an error
     # The speed levers of vaelab.accel, each with a switch (what each measured: benchmarks/RESULTS.md)
     compile: bool = False  # torch.compile each sub-network in place (same weights and checkpoints)
     channels_last: bool = True  # NHWC weights and batches (convolutions skip a layout copy per call); not on MPS
@@ -209,6 +215,10 @@ def from_dict(cls: type, values: dict | None, section: str) -> Any:
     for old, new in RENAMED_KEYS.get(section, {}).items():
         if old in values:
             values.setdefault(new, values.pop(old))
+    if section == "train" and "tensorboard" in values:  # before train.trackers: a switch for TensorBoard alone
+        on = values.pop("tensorboard")
+        on = on.strip().lower() not in ("false", "0", "no", "off") if isinstance(on, str) else bool(on)
+        values.setdefault("trackers", ["tensorboard"] if on else [])
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -308,6 +318,12 @@ def build_config(raw: dict) -> Config:
 
 def _check_positive(cfg: Config) -> None:
     t = cfg.train
+    from .tracking import TRACKER_NAMES
+
+    unknown = [name for name in t.trackers if name not in TRACKER_NAMES]
+    if unknown or len(set(t.trackers)) != len(t.trackers):
+        raise ConfigError(f"train.trackers must list each of {', '.join(TRACKER_NAMES)} at most once, got "
+                          f"{t.trackers}")
     for key in ("epochs", "batch_size", "log_every", "keep_checkpoints", "eval_images", "best_every_epochs"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")

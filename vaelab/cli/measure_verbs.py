@@ -27,6 +27,8 @@ def evaluate(
     weights: str = typer.Option("best", "--weights", help="best (model-best.safetensors where the run has it) | last"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="the sample side with this latent sampler: prior | "
                                           "gmm | flow | two-stage (default: the run's fitted default, else the prior)"),
+    track: Optional[List[str]] = typer.Option(None, "--track", help="log the metrics to this tracker (mlflow | wandb; "
+                                              "repeatable); default: the trackers the run was trained with"),
 ):
     """Measure a run: likelihood (ELBO, IWAE, reconstruction, KL) and samples (FID/KID/IS, MMD, MS-SSIM, P/R, ...).
     Under torchrun the work is split across the processes, with the same result as one process."""
@@ -40,12 +42,17 @@ def evaluate(
     for key, value in headline(result).items():
         typer.echo(f"{key:32s} {value:.5g}" if isinstance(value, float) else f"{key:32s} {value}")
     typer.echo(f"wrote {run / 'eval' / 'metrics.json'} and report.md ({result['seconds']:.1f} s)")
+    from ..tracking import track_evaluation
+
+    logged = track_evaluation(run, result, track)
+    if logged:
+        typer.echo(f"logged the metrics to {', '.join(logged)}")
 
 
 @app.command()
 @user_errors
 def compare(
-    runs: List[Path] = typer.Argument(..., help="evaluated run folders"),
+    runs: List[str] = typer.Argument(..., help="evaluated run folders, or tracker runs: mlflow:RUN_ID, wandb:ENTITY/PROJECT/ID"),
     out: Path = typer.Option(Path("compare"), "--out", "-o", help="report folder"),
 ):
     """One report over several evaluated runs: table (best in bold), grids, bar charts, curves; MD, HTML, CSV."""

@@ -32,11 +32,14 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this folder from its newest checkpoint"),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="one run per value: --sweep model.latent_dim=100,500,1000"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    track: Optional[List[str]] = typer.Option(None, "--track", help="also log to this tracker: mlflow | wandb "
+                                              "(repeatable; adds to train.trackers)"),
 ):
     """Train a model into a run folder (config, weights, checkpoints, samples, metrics)."""
     from ..config import apply_overrides, build_config, read_config_file, read_preset
     from ..processes import decided_on_main_process
     from ..run import RunFolder, new_run_folder
+    from ..tracking import TRACKER_NAMES
     from ..training import train as run_training
 
     cli_sets = list(overrides)
@@ -52,6 +55,8 @@ def train(
     if sweep is not None:
         if resume is not None or out is not None:
             fail("--sweep names its own run folders (runs/<name>-<key>-<value>); drop --resume/--out")
+        if track:
+            fail("--sweep takes its trackers from the config: --set \"train.trackers=[tensorboard, mlflow]\"")
         _train_sweep(sweep, preset, config, cli_sets, progress, chosen)
         return
     if resume is not None:
@@ -70,6 +75,11 @@ def train(
         cfg = build_config(apply_overrides(raw, cli_sets))
         target = decided_on_main_process(cfg.train.device, lambda: new_run_folder(cfg.name, out))
         resuming = False
+    for name in track or []:
+        if name not in TRACKER_NAMES:
+            fail(f"--track {name}: the trackers are {', '.join(TRACKER_NAMES)}")
+        if name not in cfg.train.trackers:
+            cfg.train.trackers.append(name)
     say(f"training {cfg.model.name} ({cfg.name}) on {cfg.data.name} -> {target}")
     summary = run_training(cfg, target, resume=resuming, progress=progress, adapt_batch_size=not chosen)
     if summary.get("interrupted"):

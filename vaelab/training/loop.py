@@ -86,7 +86,7 @@ class Trainer:
             self._restore(self.run.load_checkpoint())
         if self.rank > 0:  # same initial weights, different noise per process (also after a resume)
             torch.manual_seed(process_seed(t.seed, self.rank, self.pos.step))
-        self.writer = None
+        self.trackers = None  # train.trackers, opened on the main process before the first step
         self.quality = None  # the best-weights score, built at the first epoch's end
         self.warned_no_choice = False
         if self.is_main:
@@ -95,6 +95,11 @@ class Trainer:
                 self.run.best_weights_path.unlink(missing_ok=True)
                 self.run.best_info_path.unlink(missing_ok=True)
             self.run.write_config(cfg)
+            if t.trackers:  # a tracker that cannot be reached stops the run here, before any training
+                from ..tracking import Trackers
+
+                self.trackers = Trackers(self.run.path, t.trackers).start(cfg, resume=resume,
+                                                                           optional=t.tracker_optional)
 
     # state -------------------------------------------------------------------------------------------
     def _restore(self, state: dict) -> None:
@@ -140,15 +145,8 @@ class Trainer:
             return
         with open(self.run.metrics_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
-        if self.cfg.train.tensorboard:
-            if self.writer is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(log_dir=str(self.run.path))
-            prefix = "epoch/" if row.get("event") == "epoch" else "train/"
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                    self.writer.add_scalar(prefix + key, value, row["step"])
+        if self.trackers is not None:
+            self.trackers.log_row(row)
 
     # the loop ----------------------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -172,13 +170,16 @@ class Trainer:
                     handlers[sig] = signal.signal(sig, request_stop)
             except ValueError:  # not the main thread (a notebook runner, say): no handlers
                 handlers = {}
+        finished = False
         try:
-            return self._loop(stop)
+            result = self._loop(stop)
+            finished = True
+            return result
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
-            if self.writer is not None:
-                self.writer.close()
+            if self.trackers is not None:
+                self.trackers.finish(ok=finished)
 
     def _loop(self, stop: dict) -> dict:
         from tqdm.auto import tqdm
@@ -298,6 +299,8 @@ class Trainer:
         if self.is_main and n > 0:
             write_grids(self.sampled_model, self.data.validation, self.run.samples_dir, tag, n, self.cfg.train.seed,
                         self.device)
+            if self.trackers is not None:
+                self.trackers.log_images(sorted(self.run.samples_dir.glob(f"{tag}-*.png")), self.pos.step)
 
     def _optional(self, what: str, work):
         """Run optional end-of-epoch work; a failure warns (naming it) and training goes on. Returns its result."""
@@ -395,6 +398,10 @@ class Trainer:
             numbers = {**summary, **(likelihood or {}), **scored}
             self.log({"event": "end", "step": self.pos.step,
                       **{k: v for k, v in numbers.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+            if self.trackers is not None:  # the run's files, beside the numbers
+                files = [self.run.best_weights_path if self.run.best_weights_path.is_file() else self.run.weights_path,
+                         self.run.config_path, self.run.summary_path, *sorted(self.run.path.glob("sampler-*"))]
+                self.trackers.log_files(files, "run")
         return summary
 
 
