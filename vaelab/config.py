@@ -203,6 +203,8 @@ def fields_help(cls: type) -> str:
     return "\n".join(f"    {f.name}: {_type_name(hints[f.name])}" for f in dataclasses.fields(cls))
 
 
+TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")  # train.trackers (vaelab/tracking.py)
+
 # Keys renamed since a run folder may have been written: its config.yaml still loads (and resumes).
 RENAMED_KEYS = {"train": {"patch_gemm_weight_grads": "cpu_bf16_convs"}}
 
@@ -318,8 +320,6 @@ def build_config(raw: dict) -> Config:
 
 def _check_positive(cfg: Config) -> None:
     t = cfg.train
-    from .tracking import TRACKER_NAMES
-
     unknown = [name for name in t.trackers if name not in TRACKER_NAMES]
     if unknown or len(set(t.trackers)) != len(t.trackers):
         raise ConfigError(f"train.trackers must list each of {', '.join(TRACKER_NAMES)} at most once, got "

@@ -23,9 +23,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from .config import TRACKER_NAMES
 from .errors import ConfigError, VaelabError
-
-TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
 MLFLOW_PARAM_LIMIT = 6000  # characters of one parameter value MLflow stores
 
 
