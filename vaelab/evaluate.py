@@ -24,6 +24,7 @@ from .metrics.likelihood import likelihood_metrics
 from .processes import barrier, is_main_process, join_processes, launched_processes, map_chunks, rank_and_world, stream_seed
 from .run import RunFolder, atomic_write_text
 from .samplers import load
+from .sampling import reconstruct_all
 
 
 def _resolve_features(specs: list[str], run_cfg, data, inception_weights, download, progress) -> list:
@@ -57,18 +58,6 @@ def generate(model, n: int, seed: int, num_classes: int, batch: int = 500, strea
         return model.sample(min(batch, n - i * batch), y=y, generator=gen).float().cpu()
 
     return torch.cat(map_chunks(chunk, math.ceil(n / batch))), labels
-
-
-@torch.no_grad()
-def reconstruct_all(model, x: torch.Tensor, y: torch.Tensor | None, batch: int = 500) -> torch.Tensor:
-    """The posterior means of images x (N, C, H, W) decoded: float (N, C, H, W) in [0, 1], split across processes."""
-
-    def chunk(i: int) -> torch.Tensor:
-        part = slice(i * batch, (i + 1) * batch)
-        labels = None if y is None or not model.is_conditional else y[part].to(model.device)
-        return model.reconstruct(x[part].to(model.device), labels).float().cpu()
-
-    return torch.cat(map_chunks(chunk, math.ceil(len(x) / batch)))
 
 
 @torch.no_grad()
@@ -149,7 +138,7 @@ def _feature_metrics(embedded: dict, fake_labels, seed: int) -> dict:
             # (spread over the split); every FID reads as a multiple of it. And whether samples copy training images
             floor = train[0][torch.linspace(0, len(train[0]) - 1, min(len(f_real), len(train[0]))).long()]
             space["real_data_floor_fid"] = sm.fid(f_real, floor)
-            space["memorisation"] = sm.memorisation(f_fake, train[0], f_real)
+            space["memorisation"] = sm.memorisation(f_fake, train[0], f_real, None if recon is None else recon[0])
         space.update(sm.kid(f_real, f_fake, seed=seed))
         space.update(sm.precision_recall(f_real, f_fake, k=3))
         space["mmd"] = sm.mmd(f_real, f_fake)
@@ -234,7 +223,7 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     else:
         samples.update(_set_metrics(x_real, fake, n, seed))
         if x_train is not None and len(x_train) >= 1:
-            samples["memorisation_pixels"] = sm.memorisation(fake, x_train, x_real)
+            samples["memorisation_pixels"] = sm.memorisation(fake, x_train, x_real, recon)
     samples["features"] = _feature_metrics(embedded, fake_labels, seed)
     result["sample_metrics"] = samples
 

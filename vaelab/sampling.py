@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from .errors import VaelabError
 from .grids import grid_nrow, save_grid
+from .processes import map_chunks
 
 EXPORT_SUFFIXES = ("", ".png", ".jpg", ".jpeg", ".npz")
 
@@ -88,3 +90,15 @@ def write_png_folder(images: torch.Tensor, labels: torch.Tensor | None, out: Pat
             writer = csv.writer(fh)
             writer.writerow(["file", "label"])
             writer.writerows(rows)
+
+
+@torch.no_grad()
+def reconstruct_all(model, x: torch.Tensor, y: torch.Tensor | None, batch: int = 500) -> torch.Tensor:
+    """The posterior means of images x (N, C, H, W) decoded: float (N, C, H, W) in [0, 1], split across processes."""
+
+    def chunk(i: int) -> torch.Tensor:
+        part = slice(i * batch, (i + 1) * batch)
+        labels = None if y is None or not model.is_conditional else y[part].to(model.device)
+        return model.reconstruct(x[part].to(model.device), labels).float().cpu()
+
+    return torch.cat(map_chunks(chunk, math.ceil(len(x) / batch)))

@@ -3,8 +3,9 @@
 ``fit_sampler(run)`` reads a run folder (its best weights, the data its config names), encodes the training images
 (posterior means), fits the candidates of a kind's settings on those codes, and keeps the one whose samples score
 best against the validation images (the best-weights score's FID) among those that do not copy training images
-(median nearest-neighbour distance to the training set at least ``MEMORISATION_FLOOR`` times the validation
-images' own). The test split is never looked at. The result is saved in the run folder (``base``) and attached by
+(median nearest-neighbour distance to the training set at least ``MEMORISATION_FLOOR`` times that of the model's
+reconstructions of the validation images: unseen images with the model's own blur, so a blurry model is not taken
+for a copying one; ``metrics.samples.memorisation``). The test split is never looked at. The result is saved in the run folder (``base``) and attached by
 ``vaelab.load(run)`` so that ``model.sample`` draws from it.
 
 Kinds: ``prior`` (no fit: N(0, I), the model's own); ``gmm`` (``mixture``: a Gaussian mixture, one per class where
@@ -135,7 +136,14 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
         candidates = (({"spread": s}, fitted.with_spread(s)) for s in spreads[: 1 if few else None])
     judge = SampleQuality(data, cfg.data, n=cfg.train.best_samples, seed=seed, progress=progress)
     x_train, _ = _spread(data.train, 2000)
-    x_val, _ = _spread(data.validation, 500)
+    x_val, y_val = _spread(data.validation, 500)
+    if len(x_val) >= 2:  # the guard's reference: unseen images with the model's own blur (metrics.samples.memorisation)
+        from ..sampling import reconstruct_all
+
+        was_training = model.training
+        model.eval()
+        x_val_rec = reconstruct_all(model, x_val, y_val)
+        model.train(was_training)
     rows, best = [], None
     for row, sampler in candidates:
         model.latent_sampler = sampler
@@ -143,7 +151,9 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
         if len(x_val) >= 2:
             draws = torch.Generator().manual_seed(stream_seed("sampler_fit", seed))
             fake = model.sample(len(x_val), generator=draws).float().cpu()
-            row["memorisation_ratio"] = sm.memorisation(fake, x_train, x_val)["ratio"]
+            check = sm.memorisation(fake, x_train, x_val, x_val_rec)
+            row["memorisation_ratio"] = check["ratio_to_reconstructions"]
+            row["memorisation_ratio_pixels"] = check["ratio"]
         rows.append(row)
         if progress:
             print(f"  {kind} {describe(row)}: validation FID "
