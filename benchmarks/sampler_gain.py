@@ -1,6 +1,6 @@
 """What fitted latent samplers give the same weights (issue 33): the prior against each fitted kind.
 
-    python benchmarks/sampler_gain.py RUN [RUN ...] [--samplers gmm flow two-stage] [--out results.jsonl]
+    python benchmarks/sampler_gain.py RUN [RUN ...] [--samplers gmm flow two-stage] [--out results.jsonl] [--no-prior]
 
 For each run folder (a model with an encoder) and each kind: `vaelab fit-sampler RUN --sampler KIND` (its settings
 chosen on the validation images; an existing fit of that kind is replaced), then `vaelab evaluate RUN --num-samples
@@ -72,10 +72,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--samplers", nargs="+", default=["gmm"])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--no-prior", action="store_true", help="skip the prior's evaluation (measured already)")
     args = parser.parse_args()
     rows = []
     for run in args.runs:
-        row = {"run": run.name, "prior": evaluate(run, "prior")}
+        row = {"run": run.name, **({} if args.no_prior else {"prior": evaluate(run, "prior")})}
         for kind in args.samplers:
             row[kind] = measure(run, kind)
         rows.append(row)
@@ -86,8 +87,9 @@ def main() -> None:
     print("| run | sampler | FID | KID | precision | recall | memorisation (pixels / features) | floor | label acc. "
           "| fit s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    kinds = [*([] if args.no_prior else ["prior"]), *args.samplers]
     for r in rows:
-        for kind in ("prior", *args.samplers):
+        for kind in kinds:
             m = r[kind]
             acc = f"{m['label_accuracy']:.3f}" if m.get("label_accuracy") is not None else "-"
             fit = f"{m['fit_seconds']:.0f}" if "fit_seconds" in m else "-"
@@ -95,7 +97,7 @@ def main() -> None:
                   f"{m['recall']:.2f} | {m['memorisation_pixels']:.2f} / {m['memorisation_features']:.2f} | "
                   f"{m['floor']:.2f} | {acc} | {fit} |")
     if len(rows) > 1:
-        for kind in ("prior", *args.samplers):
+        for kind in kinds:
             cells = [mean_sd([r[kind][key] for r in rows], fmt) for key, fmt in
                      (("fid", "{:.1f}"), ("precision", "{:.2f}"), ("recall", "{:.2f}"))]
             print(f"{kind}: FID {cells[0]}, precision {cells[1]}, recall {cells[2]}")
