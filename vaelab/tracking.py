@@ -205,7 +205,7 @@ class WandbTracker(Tracker):
         self.run.log({key: self.wandb.Image(str(path))}, step=step)
 
     def log_artifact(self, path, folder):
-        artifact = self.wandb.Artifact(f"{self.run.id}-{folder}", type=folder)
+        artifact = self.wandb.Artifact(f"{self.run.id}-{path.name}", type=folder)
         artifact.add_file(str(path))
         self.run.log_artifact(artifact)
 
@@ -268,7 +268,12 @@ class Trackers:
                                   f"{', '.join(TRACKER_NAMES)}")
             tracker = TRACKER_CLASSES[name]()
             try:
-                ids[name] = tracker.start(self.run_path, params, previous.get(name), cfg)
+                try:
+                    ids[name] = tracker.start(self.run_path, params, previous.get(name), cfg)
+                except TrackerUnavailable:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a deleted run, a refused write: one line, not a traceback
+                    raise TrackerUnavailable(f"{name} could not open its run ({_short(exc)})") from None
             except TrackerUnavailable as exc:
                 if not optional:
                     raise TrackerUnavailable(f"{exc} (or set train.tracker_optional=true to train without it)") \

@@ -5,11 +5,11 @@
 best against the validation images (the best-weights score's FID) among those that do not copy training images
 (median nearest-neighbour distance to the training set at least ``MEMORISATION_FLOOR`` times that of the model's
 reconstructions of the validation images: unseen images with the model's own blur, so a blurry model is not taken
-for a copying one; ``metrics.samples.memorisation``). The test split is never looked at. The result is saved in the run folder (``base``) and attached by
-``vaelab.load(run)`` so that ``model.sample`` draws from it.
+for a copying one; ``metrics.samples.memorisation``). The test split is never looked at. The result is saved in the
+run folder (``base``) and attached by ``vaelab.load(run)`` so that ``model.sample`` draws from it.
 
 Kinds: ``prior`` (no fit: N(0, I), the model's own); ``gmm`` (``mixture``: a Gaussian mixture, one per class where
-the data have labels); ``flow`` (a neural spline flow); ``two-stage`` (Dai & Wipf's second-stage VAE). The fitted
+the data have labels); ``flow`` (a masked autoregressive flow); ``two-stage`` (Dai & Wipf's second-stage VAE). The fitted
 kinds condition on the class where the data have labels, so ``--label k`` works for unconditional models too. The
 network kinds keep the epoch with the best loss on the validation images' codes; every kind's spread (a factor on
 its base noise or its components' standard deviations) is then chosen by validation FID.
