@@ -93,12 +93,15 @@ def write_png_folder(images: torch.Tensor, labels: torch.Tensor | None, out: Pat
 
 
 @torch.no_grad()
-def reconstruct_all(model, x: torch.Tensor, y: torch.Tensor | None, batch: int = 500) -> torch.Tensor:
-    """The posterior means of images x (N, C, H, W) decoded: float (N, C, H, W) in [0, 1], split across processes."""
+def reconstruct_all(model, x: torch.Tensor, y: torch.Tensor | None, batch: int = 500,
+                    across_processes: bool = True) -> torch.Tensor:
+    """The posterior means of images x (N, C, H, W) decoded: float (N, C, H, W) in [0, 1], split across processes
+    (every process must call it then; ``across_processes=False`` for work one process does alone)."""
 
     def chunk(i: int) -> torch.Tensor:
         part = slice(i * batch, (i + 1) * batch)
         labels = None if y is None or not model.is_conditional else y[part].to(model.device)
         return model.reconstruct(x[part].to(model.device), labels).float().cpu()
 
-    return torch.cat(map_chunks(chunk, math.ceil(len(x) / batch)))
+    count = math.ceil(len(x) / batch)
+    return torch.cat(map_chunks(chunk, count) if across_processes else [chunk(i) for i in range(count)])

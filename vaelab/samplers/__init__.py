@@ -142,7 +142,7 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
 
         was_training = model.training
         model.eval()
-        x_val_rec = reconstruct_all(model, x_val, y_val)
+        x_val_rec = reconstruct_all(model, x_val, y_val, across_processes=False)  # main process alone
         model.train(was_training)
     rows, best = [], None
     for row, sampler in candidates:
