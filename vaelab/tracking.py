@@ -77,8 +77,8 @@ class Tracker:
     def log_artifact(self, path: Path, folder: str) -> None:
         pass
 
-    def finish(self, ok: bool) -> None:
-        pass
+    def finish(self, status: str) -> None:
+        """status: FINISHED, FAILED or KILLED (stopped by Ctrl-C, to be resumed)."""
 
 
 class TensorBoardTracker(Tracker):
@@ -96,7 +96,7 @@ class TensorBoardTracker(Tracker):
         for key, value in values.items():
             self.writer.add_scalar(key, value, step)
 
-    def finish(self, ok):
+    def finish(self, status):
         self.writer.close()
 
 
@@ -171,8 +171,8 @@ class MLflowTracker(Tracker):
     def log_artifact(self, path, folder):
         self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
 
-    def finish(self, ok):
-        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+    def finish(self, status):
+        self.client.set_terminated(self.run_id, status)
 
 
 class WandbTracker(Tracker):
@@ -209,8 +209,8 @@ class WandbTracker(Tracker):
         artifact.add_file(str(path))
         self.run.log_artifact(artifact)
 
-    def finish(self, ok):
-        self.run.finish(exit_code=0 if ok else 1)
+    def finish(self, status):
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
 
 
 TRACKER_CLASSES = {"tensorboard": TensorBoardTracker, "mlflow": MLflowTracker, "wandb": WandbTracker}
@@ -313,8 +313,8 @@ class Trackers:
             if path.is_file():
                 self._each(f"the file {path.name}", lambda t: t.log_artifact(path, folder))
 
-    def finish(self, ok: bool = True) -> None:
-        self._each("the end of the run", lambda t: t.finish(ok))
+    def finish(self, status: str = "FINISHED") -> None:
+        self._each("the end of the run", lambda t: t.finish(status))
         self.active = []
 
 
@@ -338,7 +338,7 @@ def track_evaluation(run_path: str | Path, result: dict, names: list[str] | None
     trackers._each("the evaluation", lambda t: t.log_metrics(values, step))
     trackers.log_files([run.path / "eval" / "metrics.json"], "eval")
     logged = [t.name for t in trackers.active]
-    trackers.finish(ok=True)
+    trackers.finish()
     return logged
 
 

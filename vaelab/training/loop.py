@@ -170,16 +170,16 @@ class Trainer:
                     handlers[sig] = signal.signal(sig, request_stop)
             except ValueError:  # not the main thread (a notebook runner, say): no handlers
                 handlers = {}
-        finished = False
+        status = "FAILED"
         try:
             result = self._loop(stop)
-            finished = True
+            status = "KILLED" if result.get("interrupted") else "FINISHED"  # an interrupted run resumes later
             return result
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             if self.trackers is not None:
-                self.trackers.finish(ok=finished)
+                self.trackers.finish(status)
 
     def _loop(self, stop: dict) -> dict:
         from tqdm.auto import tqdm
