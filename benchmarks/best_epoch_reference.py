@@ -23,7 +23,7 @@ from vaelab.metrics import features as feats
 from vaelab.metrics import samples as sm
 from vaelab.metrics.quality import SampleQuality
 from vaelab.models import build_model
-from vaelab.run import RunFolder, read_checkpoint
+from vaelab.run import RunFolder, load_checkpoint_into
 
 
 def main() -> None:
@@ -43,9 +43,7 @@ def main() -> None:
         scores = {name: [] for name in scorers}
         paths = run.checkpoints()
         for path in paths:
-            state = read_checkpoint(path)
-            average = state.get("average")
-            model.load_state_dict(average["weights"] if average else state["model"])
+            state = load_checkpoint_into(model, path)
             for name, scorer in scorers.items():
                 scores[name].append((scorer.score(model), state["epoch"], path))
             print(f"{run_path.name} epoch {state['epoch']:4d}  " +
@@ -54,9 +52,7 @@ def main() -> None:
         f_test, _ = extractor.embed(first_images(data.test, 1000))
         for name in scorers:
             score, epoch, path = min(scores[name], key=lambda s: s[0])
-            state = read_checkpoint(path)
-            average = state.get("average")
-            model.load_state_dict(average["weights"] if average else state["model"])
+            load_checkpoint_into(model, path)
             f_fake, _ = extractor.embed(generate(model, 1000, 0, data.num_classes)[0])
             pr = sm.precision_recall(f_test, f_fake, k=3)
             lines.append(f"| {run_path.name} | {name} | {epoch} | {score:.1f} | {sm.fid(f_test, f_fake):.1f} | "

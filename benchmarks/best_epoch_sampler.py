@@ -25,15 +25,8 @@ from vaelab.metrics import features as feats
 from vaelab.metrics import samples as sm
 from vaelab.metrics.quality import SampleQuality
 from vaelab.models import build_model
-from vaelab.run import RunFolder, read_checkpoint
+from vaelab.run import RunFolder, load_checkpoint_into
 from vaelab.samplers import encode_codes, fit_mixture
-
-
-def load_checkpoint(model, path):
-    state = read_checkpoint(path)
-    average = state.get("average")
-    model.load_state_dict(average["weights"] if average else state["model"])
-    return state["epoch"]
 
 
 def main() -> None:
@@ -52,7 +45,7 @@ def main() -> None:
         subset = ImageSet(images=data.train.images[idx], labels=data.train.labels[idx])
         rows = []
         for path in run.checkpoints():
-            epoch = load_checkpoint(model, path)
+            epoch = load_checkpoint_into(model, path)["epoch"]
             model.latent_sampler = None
             prior = scorer.score(model)
             start = time.perf_counter()
@@ -67,7 +60,7 @@ def main() -> None:
         f_test, _ = extractor.embed(first_images(data.test, 1000))
         for key, name in (("prior", "prior score (today)"), ("cheap", "cheap gmm score")):
             best = min(rows, key=lambda r: r[key])
-            load_checkpoint(model, best["path"])
+            load_checkpoint_into(model, best["path"])
             codes, labels = encode_codes(model, data.train)
             model.latent_sampler = fit_mixture(codes, 50, labels, data.class_names)
             f_fake, _ = extractor.embed(generate(model, 1000, 0, data.num_classes)[0])

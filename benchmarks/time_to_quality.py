@@ -28,7 +28,7 @@ from vaelab.metrics import features as feats
 from vaelab.metrics import samples as sm
 from vaelab.models import build_model
 from vaelab.processes import stream_seed
-from vaelab.run import RunFolder, read_checkpoint
+from vaelab.run import RunFolder, load_checkpoint_into
 
 
 def meets_bar(row: dict, model_name: str) -> bool:
@@ -42,13 +42,6 @@ def measure(extractor, f_real: torch.Tensor, fake: torch.Tensor) -> dict:
     pr = sm.precision_recall(f_real, f_fake, k=3)
     return {"fid": sm.fid(f_real, f_fake), "precision": pr["precision"], "recall": pr["recall"],
             "classes": sm.class_coverage(logits, logits.shape[1])["classes_present"]}
-
-
-def load_checkpoint_into(model, path: Path) -> dict:
-    state = read_checkpoint(path)
-    average = state.get("average")  # train.ema_decay: the run samples from the weight average
-    model.load_state_dict(average["weights"] if average else state["model"])
-    return state
 
 
 def scan(run_path: Path, every: int) -> tuple[list[dict], dict]:

@@ -189,6 +189,15 @@ def read_checkpoint(path: Path) -> dict:
     return state
 
 
+def load_checkpoint_into(model: torch.nn.Module, path: Path) -> dict:
+    """Load checkpoint ``path`` into ``model``: the weights the run samples from (the weight average where
+    train.ema_decay kept one, else the trained weights). Returns the checkpoint's state."""
+    state = read_checkpoint(path)
+    average = state.get("average")
+    model.load_state_dict(average["weights"] if average else state["model"])
+    return state
+
+
 def load(path: str | Path, device: str | torch.device = "cpu", weights: str = "best"):
     """Rebuild the model of run folder ``path`` with its trained weights, in eval mode.
 

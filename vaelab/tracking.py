@@ -301,7 +301,10 @@ class Trackers:
         skip = ("step",) if prefix == "epoch/" else ("step", "epoch")  # the step is the x axis
         values = {prefix + k: v for k, v in numbers(row).items() if k not in skip}
         if values:
-            self._each("metrics", lambda t: t.log_metrics(values, int(row.get("step", 0))))
+            self.log_metrics(values, int(row.get("step", 0)))
+
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        self._each("metrics", lambda t: t.log_metrics(values, step))
 
     def log_images(self, paths: list[Path], step: int) -> None:
         for path in paths:
@@ -335,7 +338,7 @@ def track_evaluation(run_path: str | Path, result: dict, names: list[str] | None
     values = numbers({k: v for k, v in result.items() if k in ("likelihood", "sample_metrics", "reconstruction",
                                                                 "utility")}, f"eval/{split}/")
     step = int(json.loads(run.summary_path.read_text()).get("steps", 0)) if run.summary_path.is_file() else 0
-    trackers._each("the evaluation", lambda t: t.log_metrics(values, step))
+    trackers.log_metrics(values, step)
     trackers.log_files([run.path / "eval" / "metrics.json"], "eval")
     logged = [t.name for t in trackers.active]
     trackers.finish()

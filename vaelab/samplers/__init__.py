@@ -140,10 +140,7 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
     if len(x_val) >= 2:  # the guard's reference: unseen images with the model's own blur (metrics.samples.memorisation)
         from ..sampling import reconstruct_all
 
-        was_training = model.training
-        model.eval()
         x_val_rec = reconstruct_all(model, x_val, y_val, across_processes=False)  # main process alone
-        model.train(was_training)
     rows, best = [], None
     for row, sampler in candidates:
         model.latent_sampler = sampler
