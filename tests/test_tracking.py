@@ -196,6 +196,12 @@ def test_a_wandb_offline_run_holds_the_config_history_and_grids(tmp_path, monkey
     run = tmp_path / "run"
     cfg = _tiny(tmp_path, ["wandb"])
     summary = train(cfg, run, progress=False)
+    # run.finish() returns before W&B's service process has written the whole run file (the test read it part-way
+    # in CI: no config, half the history, or a record cut off); teardown waits for the service to end, as the
+    # interpreter's exit does for a user
+    import wandb
+
+    wandb.teardown()
     ids = json.loads((run / "trackers.json").read_text())["wandb"]
     (run_file,) = Path(ids["dir"]).glob("run-*.wandb")
     config, history = {}, []
