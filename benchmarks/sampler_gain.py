@@ -1,6 +1,7 @@
 """What fitted latent samplers give the same weights (issue 33): the prior against each fitted kind.
 
     python benchmarks/sampler_gain.py RUN [RUN ...] [--samplers gmm flow two-stage] [--out results.jsonl] [--no-prior]
+        [--no-refit]
 
 For each run folder (a model with an encoder) and each kind: `vaelab fit-sampler RUN --sampler KIND` (its settings
 chosen on the validation images; an existing fit of that kind is replaced), then `vaelab evaluate RUN --num-samples
@@ -28,6 +29,7 @@ def evaluate(run: Path, sampler: str) -> dict:
     result = json.loads((run / "eval" / "metrics.json").read_text())
     space = next(v for k, v in result["sample_metrics"]["features"].items() if k.startswith("classifier"))
     return {"fid": space["fid"], "kid": space["kid"], "precision": space["precision"], "recall": space["recall"],
+            "coverage": space["coverage"], "density": space["density"],
             "classes": space["class_coverage"]["classes_present"], "floor": space.get("real_data_floor_fid"),
             "memorisation_pixels": result["sample_metrics"].get("memorisation_pixels", {}).get("ratio"),
             "memorisation_features": space.get("memorisation", {}).get("ratio"),
@@ -53,9 +55,10 @@ def label_accuracy(run: Path, sampler: str) -> float | None:
     return float((logits.argmax(1) == y).float().mean())
 
 
-def measure(run: Path, kind: str) -> dict:
-    subprocess.run([sys.executable, "-m", "vaelab", "fit-sampler", str(run), "--sampler", kind], check=True,
-                   capture_output=True, text=True)
+def measure(run: Path, kind: str, fit: bool = True) -> dict:
+    if fit or not (run / f"sampler-{kind}.json").is_file():
+        subprocess.run([sys.executable, "-m", "vaelab", "fit-sampler", str(run), "--sampler", kind], check=True,
+                       capture_output=True, text=True)
     meta = json.loads((run / f"sampler-{kind}.json").read_text())["settings"]
     return {**evaluate(run, kind), "fit_seconds": meta["fit_seconds"], "chosen": meta["chosen"],
             "label_accuracy": label_accuracy(run, kind)}
@@ -73,20 +76,21 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", default=["gmm"])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-prior", action="store_true", help="skip the prior's evaluation (measured already)")
+    parser.add_argument("--no-refit", action="store_true", help="evaluate a run's existing fit of a kind")
     args = parser.parse_args()
     rows = []
     for run in args.runs:
         row = {"run": run.name, **({} if args.no_prior else {"prior": evaluate(run, "prior")})}
         for kind in args.samplers:
-            row[kind] = measure(run, kind)
+            row[kind] = measure(run, kind, fit=not args.no_refit)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
-    print("| run | sampler | FID | KID | precision | recall | memorisation (pixels / features) | floor | label acc. "
-          "| fit s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | sampler | FID | KID | precision | recall | coverage | density | memorisation (pixels / features) "
+          "| floor | label acc. | fit s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     kinds = [*([] if args.no_prior else ["prior"]), *args.samplers]
     for r in rows:
         for kind in kinds:
@@ -94,13 +98,16 @@ def main() -> None:
             acc = f"{m['label_accuracy']:.3f}" if m.get("label_accuracy") is not None else "-"
             fit = f"{m['fit_seconds']:.0f}" if "fit_seconds" in m else "-"
             print(f"| {r['run']} | {kind} | {m['fid']:.1f} | {m['kid']:.1f} | {m['precision']:.2f} | "
-                  f"{m['recall']:.2f} | {m['memorisation_pixels']:.2f} / {m['memorisation_features']:.2f} | "
+                  f"{m['recall']:.2f} | {m['coverage']:.2f} | {m['density']:.2f} | {m['memorisation_pixels']:.2f} / "
+                  f"{m['memorisation_features']:.2f} | "
                   f"{m['floor']:.2f} | {acc} | {fit} |")
     if len(rows) > 1:
         for kind in kinds:
             cells = [mean_sd([r[kind][key] for r in rows], fmt) for key, fmt in
-                     (("fid", "{:.1f}"), ("precision", "{:.2f}"), ("recall", "{:.2f}"))]
-            print(f"{kind}: FID {cells[0]}, precision {cells[1]}, recall {cells[2]}")
+                     (("fid", "{:.1f}"), ("precision", "{:.2f}"), ("recall", "{:.2f}"), ("coverage", "{:.2f}"),
+                                      ("density", "{:.2f}"))]
+            print(f"{kind}: FID {cells[0]}, precision {cells[1]}, recall {cells[2]}, coverage {cells[3]}, "
+                  f"density {cells[4]}")
 
 
 if __name__ == "__main__":

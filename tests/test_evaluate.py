@@ -68,7 +68,8 @@ def test_evaluate_vae_writes_every_metric_with_settings(runs):
     f_real, logits_real = extractor.embed(x)
     f_fake, logits_fake = extractor.embed(fake)
     assert space["fid"] == pytest.approx(sm.fid(f_real, f_fake), rel=1e-6)
-    assert space["precision"] == pytest.approx(sm.precision_recall(f_real, f_fake, k=3)["precision"])
+    pr = sm.precision_recall(f_real, f_fake, k=3)
+    assert all(space[k] == pytest.approx(pr[k]) for k in ("precision", "recall", "coverage", "density"))
     assert space["class_coverage"]["class_histogram"] == torch.bincount(logits_fake.argmax(1), minlength=10).tolist()
     assert "pixels" in result["sample_metrics"]["features"]
     # reconstructions are measured against the same real images: in pixel space a perfect decoder scores FID 0, so

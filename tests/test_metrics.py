@@ -274,6 +274,23 @@ def test_precision_recall_on_points_whose_knn_radii_are_known():
     assert one["precision"] == pytest.approx(3 / 4)  # 17.5 is 7.5 from 10, outside its radius 7
     assert one["recall"] == pytest.approx(4 / 5)  # 10 is 5 from the fake 5 (radius 4.5), 6 from 16 (radius 1.5)
     assert sm.precision_recall(real, fake, k=2)["precision"] == pytest.approx(1.0)  # 17.5 within 10's radius 8
+    # density: 0.5 is in the balls of 0 and 1, 5 and 16 in 10's, 17.5 in none: (2 + 1 + 1 + 0) / (k=1 * 4 fakes);
+    # coverage: the balls of 0, 1 (the fake 0.5) and 10 (the fake 5) hold a fake, 2's and 3's do not
+    assert one["density"] == pytest.approx(1.0) and one["coverage"] == pytest.approx(3 / 5)
+
+
+def test_scattered_samples_inflate_recall_but_not_coverage():
+    """Naeem et al. 2020's case: samples collapsed on one mode plus a few far-flung outliers. The outliers' k-NN
+    balls are wide and swallow most real points (recall looks fine); coverage, with balls around the real points,
+    sees the collapse."""
+    torch.manual_seed(0)
+    real = torch.randn(500, 4)
+    collapsed = real[:1] + 0.05 * torch.randn(480, 4)
+    outliers = 8.0 * torch.randn(20, 4)
+    pr = sm.precision_recall(real, torch.cat([collapsed, outliers]), k=3)
+    assert pr["recall"] > 0.9 and pr["coverage"] < 0.05
+    same = sm.precision_recall(real, torch.randn(500, 4), k=3)
+    assert same["coverage"] > 0.85 and 0.8 < same["density"] < 1.2
 
 
 def test_log_p_x_of_a_real_cvae_against_brute_force_integration_over_its_2d_latent():

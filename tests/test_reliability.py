@@ -28,7 +28,7 @@ class Payload:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("rel")
-    cfg = load_config(overrides=tiny_overrides(**{"train.epochs": 2}))
+    cfg = load_config(overrides=tiny_overrides(**{"train.epochs": 2, "train.confirm_best": False}))
     train(cfg, root / "run", progress=False)
     return root / "run"
 

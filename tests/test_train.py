@@ -380,7 +380,8 @@ def test_channels_last_trains_the_same_model_and_saves_plain_weights(tmp_path):
 
 def test_the_best_epoch_is_kept_and_loaded_by_default(tmp_path):
     run = tmp_path / "r"
-    train(tiny_config(**{"train.epochs": 3}), run, progress=False)
+    # the per-epoch choice alone (the fresh draws' confirmation at the end: test_small_folders.py)
+    train(tiny_config(**{"train.epochs": 3, "train.confirm_best": False}), run, progress=False)
     epochs = [r for r in RunFolder(run).read_metrics() if r["event"] == "epoch"]
     scores = [r["sample_fid"] for r in epochs]
     assert len(scores) == 3 and all(math.isfinite(s) for s in scores)

@@ -112,7 +112,7 @@ def test_every_verb_on_a_user_folder(tmp_path, count, size, channels, labels):
     assert abs(validation - split_sizes(count)[1]) <= 2  # 1 in 8, rounded per class
     if validation >= 2:  # the run's weights were scored against the validation images and kept
         best = json.loads((run / "model-best.json").read_text())
-        assert best["reference"] == "validation" and best["samples"] == validation
+        assert best["reference"] == "validation" and best["reference_images"] == validation
     else:  # too few to choose on: the last weights are the run's, and the user is told
         assert not (run / "model-best.safetensors").exists()
         assert "too few to choose the best epoch on" in output

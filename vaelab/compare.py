@@ -101,7 +101,7 @@ def _best(values: list, higher: bool | None) -> set[int]:
 # The three questions a comparison answers, each by the metrics that measure it (first the feature space's own)
 AXES = {
     "fidelity (sharp, on-manifold samples)": ("fid_", "precision_", "sharpness"),
-    "diversity and coverage (no mode collapse)": ("recall_", "classes_", "ms_ssim_samples"),
+    "diversity and coverage (no mode collapse)": ("coverage_", "recall_", "classes_", "ms_ssim_samples"),
     "likelihood (held-out data)": ("iwae_nats", "elbo_nats"),
 }
 

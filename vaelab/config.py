@@ -54,6 +54,11 @@ class TrainConfig:
     """The training loop's settings; the model's own losses and optimizers live in its config."""
 
     epochs: int = 20
+    # the number of training images the epochs (and every other epoch-counted setting) were chosen for: a smaller
+    # training split scales them up by reference / images so the run makes the same optimizer steps
+    # (vaelab/training/data_size.py); None: the epochs as given. `vaelab train --epochs N` clears it
+    reference_train_images: int | None = None
+    size_scaling: dict | None = None  # written by the trainer when it scaled: what changed, from and to
     batch_size: int = 64
     seed: int = 0
     # auto: bf16 autocast for the models measured to keep their quality in it (vaelab.accel.BF16_BY_DEFAULT), on a
@@ -74,6 +79,10 @@ class TrainConfig:
     # each epoch by FID of best_samples samples in the domain classifier's space (vaelab/metrics/quality.py)
     track_best: bool = True
     best_samples: int = 500
+    # at the end, score the best-scored epoch and the last weights again on 3 fresh draws and keep the best only
+    # where it wins by more than the draws' noise (vaelab/training/loop.py, Trainer._confirm_best); false: keep the
+    # best-scored epoch as it is
+    confirm_best: bool = True
     best_every_epochs: int = 1  # score every n-th epoch (and the last): for epochs of a second or less, the score
     # (~0.1 s for 500 digits on 2 cores) is a sizeable share of the run (benchmarks/RESULTS.md, "Per-epoch work")
     on_nan: Literal["stop", "rollback"] = "stop"  # rollback: restore the last checkpoint, lower the lr, go on
@@ -294,6 +303,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if section is None:
             section = raw[keys[0]] = {}
         section[keys[1]] = value
+    # epochs the user gives are epochs of their data: a preset's size scaling (train.reference_train_images) is off
+    # unless the same overrides set it again
+    given = [item.split("=", 1)[0].strip() for item in overrides]
+    if "train.epochs" in given and "train.reference_train_images" not in given:
+        raw["train"]["reference_train_images"] = None
     return raw
 
 
@@ -330,6 +344,9 @@ def _check_positive(cfg: Config) -> None:
     for key in ("checkpoint_every_steps", "checkpoint_every_epochs", "sample_every_epochs", "num_sample_images"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key} must be 0 (off) or positive, got {getattr(t, key)}")
+    if t.reference_train_images is not None and t.reference_train_images < 1:
+        raise ConfigError(f"train.reference_train_images must be at least 1 (or null: the epochs as given), got "
+                          f"{t.reference_train_images}")
     if t.lr_schedule_epochs is not None and t.lr_schedule_epochs < 1:
         raise ConfigError(f"train.lr_schedule_epochs must be at least 1 (or null: train.epochs), got {t.lr_schedule_epochs}")
     if not 0.0 <= t.lr_final_factor <= 1.0 or t.lr_gamma <= 0:

@@ -256,7 +256,7 @@ def headline(result: dict) -> dict[str, float]:
         row["sharpness"] = s["sharpness_samples"]
     for name, space in s.get("features", {}).items():
         tag = "clf" if name.startswith("classifier") else name
-        for key in ("fid", "kid", "is", "precision", "recall"):
+        for key in ("fid", "kid", "is", "precision", "recall", "coverage", "density"):
             if key in space:
                 row[f"{key}_{tag}"] = space[key]
         for key, value in space.get("reconstructions", {}).items():
@@ -286,7 +286,9 @@ def better(metric: str) -> bool | None:
     if metric.startswith("label_accuracy"):
         return True
     base = metric.removeprefix("recon_").split("_")[0]
-    return {"fid": False, "kid": False, "is": True, "precision": True, "recall": True, "classes": True}.get(base)
+    # density: 1 where samples sit as densely as real images; neither more nor less is simply better
+    return {"fid": False, "kid": False, "is": True, "precision": True, "recall": True, "coverage": True,
+            "classes": True}.get(base)
 
 
 def _fmt(value) -> str:
@@ -324,7 +326,8 @@ def report_markdown(result: dict) -> str:
     for name, space in s["features"].items():
         lines += [f"### Feature space `{name}`", "", "Settings: " + ", ".join(f"{k} = {v}" for k, v in space["settings"].items()), "",
                   "| metric | value |", "|---|---|"]
-        for key in ("fid", "kid", "kid_std", "is", "is_std", "real_is", "precision", "recall", "conditional_accuracy"):
+        for key in ("fid", "kid", "kid_std", "is", "is_std", "real_is", "precision", "recall", "coverage", "density",
+                    "conditional_accuracy"):
             if key in space:
                 lines.append(f"| {key} | {_fmt(space[key])} |")
         lines.append(f"| MMD² (bandwidth {space['mmd']['bandwidth']:.3g}) | {_fmt(space['mmd']['mmd2'])} |")

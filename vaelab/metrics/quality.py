@@ -1,14 +1,23 @@
 """A cheap sample-quality score for training: which epoch's weights to keep as the run's best.
 
-FID between ``n`` samples and ``n`` validation images (the split every choice is made on; never the test images, never
-the training images the model has fit) in the domain classifier's feature space (the classifier is trained once per
-dataset into the cache, as ``vaelab evaluate`` does); for data without class labels, in the
-features of a fixed, seeded, untrained network of the same shape (random-feature FID: cruder, but it ranks blur and
-collapse the same way). The latent draws come from the ``best_weights`` seed stream, which ``vaelab evaluate``'s
-draws never share. The real features are computed once; one call costs one sampling pass of ``n`` images and
-their features. The feature network runs channels-last, in bf16 where the CPU has native bf16 (AMX / AVX-512 BF16):
-3.2x faster features than fp32 for the same ranking (FID within 0.1%; RESULTS.md, "Per-epoch work"). The score only
-ranks a run's epochs; ``vaelab evaluate`` measures in fp32.
+FID between ``n`` samples and up to ``n`` validation images (the split every choice is made on; never the test images,
+never the training images the model has fit) in the domain classifier's feature space (the classifier is trained once
+per dataset into the cache, as ``vaelab evaluate`` does); for data without class labels, in the features of a fixed,
+seeded, untrained network of the same shape (random-feature FID: cruder, but it ranks blur and collapse the same way).
+A small folder has few validation images (a 500-image folder: 50); the samples stay ``n``, so only the reference side
+of the FID is small.
+
+The samples come from the sampler the user will get: a model with an encoder whose run fits a latent sampler
+(``train.sampler``, the gmm by default) is scored with a cheap mixture refitted on its current codes
+(``vaelab.samplers.proxy_mixture``: 20 components on up to 1,000 training images, 0.2-1 s), not with prior draws. On mnist5k both
+keep the same epoch; on a ~500-image folder the prior score kept an epoch from the first fifth of the run, whose
+prior draws were least bad, while the weights the user samples through a mixture kept improving (issue 34).
+
+The latent draws come from the ``best_weights`` seed stream (chunk 0 for the per-epoch score; ``draw`` > 0 for the
+fresh draws that confirm a choice), which ``vaelab evaluate``'s draws never share. The real features are computed
+once; one call costs one sampling pass of ``n`` images and their features. The feature network runs channels-last, in
+bf16 where the CPU has native bf16 (AMX / AVX-512 BF16): 3.2x faster features than fp32 for the same ranking (FID
+within 0.1%; RESULTS.md, "Per-epoch work"). The score only ranks a run's epochs; ``vaelab evaluate`` measures in fp32.
 """
 
 from __future__ import annotations
@@ -21,20 +30,22 @@ from . import features as feats
 from . import samples as sm
 
 
-class SampleQuality:
-    """score(model) -> FID of ``n`` samples against ``n`` fixed validation images (lower is better), or None when
-    the validation split has too few images for a covariance (then no epoch can be chosen: the run keeps its last
-    weights)."""
 
-    def __init__(self, data, data_cfg, n: int = 500, seed: int = 0, progress: bool = False, bf16: bool | None = None):
+class SampleQuality:
+    """score(model) -> FID of ``n`` samples against up to ``n`` fixed validation images (lower is better), or None when
+    the validation split has too few images for a covariance (then no epoch can be chosen: the run keeps its last
+    weights). ``sampler_proxy``: model -> a latent sampler fitted on its current codes (the trainer passes
+    ``vaelab.samplers.proxy_mixture``), drawn from for a model with an encoder that carries no sampler of its own."""
+
+    def __init__(self, data, data_cfg, n: int = 500, seed: int = 0, progress: bool = False, bf16: bool | None = None,
+                 sampler_proxy=None):
         """``bf16``: the feature network in bf16 autocast (None: where the CPU runs bf16 natively)."""
         from ..accel import cpu_has_fast_bf16
         from ..data import spaced_images
-        from ..processes import stream_seed
 
-        self.seed = seed
-        self.draw_seed = stream_seed("best_weights", seed)
+        self.seed, self.num_samples = seed, n
         self.bf16 = cpu_has_fast_bf16() if bf16 is None else bf16
+        self.sampler_proxy = sampler_proxy
         if data.train.labels is not None and data.num_classes >= 2:
             self.network = feats.load_classifier(feats.cached_classifier(data, data_cfg, progress))
             self.space = "classifier"
@@ -47,13 +58,15 @@ class SampleQuality:
         # validation images as the reference: choosing the epoch on the test images would bias the test numbers, and
         # on the training images it rewards copying them (a small folder's run picked an early epoch that way).
         # Spread over the split, whose order may follow the classes; a conditional model draws the reference's
-        # classes (self.labels), so its samples are compared like with like
+        # classes (self.labels, cycled to n samples), so its samples are compared like with like
         self.n, self.real, self.labels = len(data.validation), None, None
         if self.n >= 2:
             real, self.labels = spaced_images(data.validation, n)
             self.n, self.real = len(real), self._features(real)
-        self.settings = {"metric": "fid", "feature_space": self.space, "reference": "validation", "samples": self.n,
-                         "seed": seed, "seed_stream": "best_weights", "features_bf16": self.bf16}
+        self.settings = {"metric": "fid", "feature_space": self.space, "reference": "validation",
+                         "reference_images": self.n, "samples": n, "seed": seed, "seed_stream": "best_weights",
+                         "features_bf16": self.bf16,
+                         "sampler": getattr(sampler_proxy, "description", "the model's own (prior)")}
 
     @torch.inference_mode()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,14 +78,24 @@ class SampleQuality:
         return torch.cat(chunks).double()
 
     @torch.no_grad()
-    def score(self, model) -> float | None:
+    def score(self, model, draw: int = 0) -> float | None:
+        """FID of the model's samples; ``draw`` picks the latent draws (0: the per-epoch score's)."""
+        from ..processes import stream_seed
+
         if self.real is None:
             return None
-        was_training = model.training
+        was_training, own_sampler = model.training, getattr(model, "latent_sampler", None)
         model.eval()
         try:
-            y = self.labels.to(model.device) if model.is_conditional and self.labels is not None else None
-            fake = model.sample(self.n, y=y, generator=torch.Generator().manual_seed(self.draw_seed)).float()
+            if self.sampler_proxy is not None and model.has_encoder and own_sampler is None:
+                with torch.random.fork_rng(devices=[]):
+                    model.latent_sampler = self.sampler_proxy(model)
+            y = None
+            if model.is_conditional and self.labels is not None:
+                y = self.labels[torch.arange(self.num_samples) % len(self.labels)].to(model.device)
+            draws = torch.Generator().manual_seed(stream_seed("best_weights", self.seed, draw))
+            fake = model.sample(self.num_samples, y=y, generator=draws).float()
         finally:
+            model.latent_sampler = own_sampler
             model.train(was_training)
         return sm.fid(self.real, self._features(fake))

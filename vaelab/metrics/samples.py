@@ -125,10 +125,15 @@ def ms_ssim_diversity(images: torch.Tensor, pairs: int = 1000, seed: int = 0) ->
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict:
-    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN balls in feature space.
+    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN balls in feature space, and density and
+    coverage (Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics for Generative Models", eqs. 3-4).
 
-    precision: the share of fake samples inside some real sample's k-NN ball (low = blur / off-manifold samples);
-    recall: the share of real samples inside some fake sample's k-NN ball (low = mode collapse).
+    real (N, D), fake (M, D) features. precision: the share of fake samples inside some real sample's k-NN ball
+    (low = blur / off-manifold samples); recall: the share of real samples inside some fake sample's k-NN ball (low =
+    mode collapse). Recall draws its balls around the fakes, so a few scattered off-manifold samples, with wide
+    balls, cover many real images and raise it (Naeem et al. sec. 3); coverage draws them around the real samples
+    instead: the share of real samples with at least one fake inside their own k-NN ball. density: the mean number
+    of real balls holding a fake, over k (1 when fakes sit where the real images do; above 1 where they crowd).
     """
     real, fake = real.double(), fake.double()
 
@@ -136,14 +141,18 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict
         d = torch.cdist(feats, feats)
         return d.kthvalue(k + 1, dim=1).values  # k + 1: the distance to itself is the first
 
-    def coverage(ref, ref_radii, query):
-        inside = torch.zeros(len(query), dtype=torch.bool)
-        for i in range(0, len(query), 1000):
-            d = torch.cdist(query[i : i + 1000], ref)
-            inside[i : i + 1000] = (d <= ref_radii[None]).any(1)
-        return float(inside.double().mean())
+    def inside_balls(centres, centre_radii, query):
+        """(len(query), len(centres)) bool: query i inside centre j's ball."""
+        return torch.cat([torch.cdist(query[i : i + 1000], centres) <= centre_radii[None]
+                          for i in range(0, len(query), 1000)])
 
-    return {"precision": coverage(real, radii(real), fake), "recall": coverage(fake, radii(fake), real), "pr_k": k}
+    real_radii = radii(real)
+    fake_in_real = inside_balls(real, real_radii, fake)  # (M, N)
+    real_in_fake = inside_balls(fake, radii(fake), real)  # (N, M)
+    return {"precision": float(fake_in_real.any(1).double().mean()),
+            "recall": float(real_in_fake.any(1).double().mean()),
+            "density": float(fake_in_real.double().sum() / (k * len(fake))),
+            "coverage": float(fake_in_real.any(0).double().mean()), "pr_k": k}
 
 
 def class_coverage(logits: torch.Tensor, num_classes: int, min_share: float | None = None) -> dict:

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..augment import diff_augment, parse_policy
 from ..errors import ConfigError
 from ..losses import (bernoulli_nll, gaussian_nll, gradient_penalty, kl_standard_normal, wasserstein_critic_loss,
                       wasserstein_g_loss)
@@ -48,8 +49,15 @@ class GVAEConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
     logvar_min: float = -30.0
     logvar_max: float = 20.0
+    # DiffAugment policy on every image the critic sees, real and fake alike, the gradient penalty's interpolates
+    # included (vaelab/augment.py; "" off); augment_probability: the share of images transformed
+    augment: str = ""
+    augment_probability: float = 1.0
 
     def validate(self) -> None:
+        parse_policy(self.augment)
+        if not 0.0 <= self.augment_probability <= 1.0:
+            raise ConfigError(f"model.augment_probability must lie in [0, 1], got {self.augment_probability}")
         if len(self.generator_widths) != 3:
             raise ConfigError("model.generator_widths must list the three widths of Table 1, e.g. [256, 128, 64]")
         if self.image_size is not None and self.image_size % 4:
@@ -136,13 +144,20 @@ class GVAE(GaussianLatentModel):
         out_tilde = self.generator(self.reparameterize(mu, logvar))
         return mu, logvar, out_tilde, torch.sigmoid(self.generator(torch.randn_like(mu)))
 
+    def _seen(self, images: torch.Tensor) -> torch.Tensor:
+        """The images as the critic sees them: transformed by model.augment (DiffAugment), each on its own."""
+        c = self.config
+        return diff_augment(images, c.augment, c.augment_probability) if c.augment else images
+
     def critic_loss(self, x: torch.Tensor, x_tilde: torch.Tensor, x_p: torch.Tensor) -> dict[str, torch.Tensor]:
         """WGAN-GP critic loss (Gulrajani et al. eq. 3) with both fakes; the penalty on random interpolates of the
         real images and x_p. Scalars: ``critic_loss``, ``wasserstein``, ``gradient_penalty``."""
         # one pass over the three batches (the critic has no BatchNorm, so this is the same function)
-        d_real, d_tilde, d_p = self.critic(torch.cat([x, x_tilde.detach(), x_p.detach()])).float().split(x.shape[0])
+        seen = self._seen(torch.cat([x, x_tilde.detach(), x_p.detach()]))
+        d_real, d_tilde, d_p = self.critic(seen).float().split(x.shape[0])
         critic = wasserstein_critic_loss(d_real, 0.5 * (d_tilde.mean() + d_p.mean()))
-        penalty = gradient_penalty(self.critic, x, x_p)
+        real_seen, _, p_seen = seen.split(x.shape[0])
+        penalty = gradient_penalty(self.critic, real_seen, p_seen)
         return {"critic_loss": critic + self.config.gp_weight * penalty, "wasserstein": -critic,
                 "gradient_penalty": penalty}
 
@@ -162,7 +177,7 @@ class GVAE(GaussianLatentModel):
         ctx.update(terms["critic_loss"], "critic", terms)
         nll = self.nll(out_tilde, x).mean()
         kl = kl_standard_normal(mu, logvar).mean()
-        adv = 0.5 * wasserstein_g_loss(self.critic(torch.cat([x_tilde, x_p])))  # the mean of both fakes' scores
+        adv = 0.5 * wasserstein_g_loss(self.critic(self._seen(torch.cat([x_tilde, x_p]))))  # both fakes' mean score
         vae_loss = nll + kl + c.adv_weight * adv
         ctx.update(vae_loss, "vae", {"nll": nll, "kl": kl, "g_adv": adv})
         return {**{k: v.detach() for k, v in terms.items()},

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..augment import diff_augment, parse_policy
 from ..errors import ConfigError
 from ..losses import kl_standard_normal, logit_bce
 from .base import GaussianLatentModel
@@ -39,8 +40,16 @@ class VAEGANConfig:
     lr: float = 3e-4
     logvar_min: float = -30.0
     logvar_max: float = 20.0
+    # DiffAugment policy on every image the discriminator sees (vaelab/augment.py: color, translation, cutout;
+    # comma-separated; "" off); a real image and its reconstruction get the same transform (their features are
+    # compared). augment_probability: the share of images transformed (1: DiffAugment)
+    augment: str = ""
+    augment_probability: float = 1.0
 
     def validate(self) -> None:
+        parse_policy(self.augment)
+        if not 0.0 <= self.augment_probability <= 1.0:
+            raise ConfigError(f"model.augment_probability must lie in [0, 1], got {self.augment_probability}")
         if self.optimizer not in ("rmsprop", "adam"):
             raise ConfigError(f"model.optimizer must be rmsprop or adam, got {self.optimizer!r}")
         n = len(self.discriminator_widths)
@@ -98,9 +107,15 @@ class VAEGAN(GaussianLatentModel):
         mu, logvar = self.encode(x)
         x_tilde = torch.sigmoid(self.decoder(self.reparameterize(mu, logvar)))
         x_p = torch.sigmoid(self.decoder(torch.randn_like(mu)))
-        f_real, d_real = self.discriminator(x)
-        f_tilde, d_tilde = self.discriminator(x_tilde)
-        _, d_p = self.discriminator(x_p)
+        seen_real, seen_tilde, seen_p = x, x_tilde, x_p
+        if self.config.augment:  # DiffAugment: the discriminator sees every image transformed, real and fake alike
+            c = self.config
+            seen_real, seen_tilde = diff_augment(torch.cat([x, x_tilde]), c.augment, c.augment_probability,
+                                                 pairs=2).chunk(2)
+            seen_p = diff_augment(x_p, c.augment, c.augment_probability)
+        f_real, d_real = self.discriminator(seen_real)
+        f_tilde, d_tilde = self.discriminator(seen_tilde)
+        _, d_p = self.discriminator(seen_p)
         t = {"kl": kl_standard_normal(mu, logvar).mean(),
              "llike": 0.5 * (f_real.float() - f_tilde.float()).pow(2).sum(1).mean(),  # eq. 8
              "d_real_loss": logit_bce(d_real, 1.0),

@@ -29,10 +29,24 @@ from ..processes import join_processes, process_seed
 from ..run import RunFolder, atomic_write_text
 from .checkpoints import (Position, average_buffers, learning_rates_in_force, restore_training_state,
                           scale_learning_rates, training_state)
+from .data_size import describe_scaling, scale_to_data_size
 from .lr_schedule import apply_lr_factor, lr_factor
 from .monitor import held_out_likelihood, monitor_likelihood, write_grids
 from .updates import UpdateContext
 from .weight_average import WeightAverage
+
+CONFIRM_DRAWS = 3  # fresh latent draws that confirm the best-scored epoch against the last weights
+
+
+def best_confirmation(best_fids: list[float], last_fids: list[float]) -> dict:
+    """Whether the best-scored weights beat the last ones on the same fresh draws (paired FIDs, lower is better): by
+    more than one standard error of the paired gains."""
+    gains = [last - best for best, last in zip(best_fids, last_fids)]
+    mean = sum(gains) / len(gains)
+    error = (sum((g - mean) ** 2 for g in gains) / max(len(gains) - 1, 1)) ** 0.5 / len(gains) ** 0.5
+    return {"draws": len(gains), "best_fids": list(best_fids), "last_fids": list(last_fids),
+            "best_mean": sum(best_fids) / len(gains), "last_mean": sum(last_fids) / len(gains), "mean_gain": mean,
+            "standard_error": error, "confirmed": mean > error}
 
 
 class Trainer:
@@ -78,6 +92,7 @@ class Trainer:
                 f"({len(self.data.train)} images); lower train.batch_size"
             )
 
+        self.size_scaling = None if resume else scale_to_data_size(t, len(self.data.train))
         self.pos = Position()
         self.rollbacks = 0
         self.epoch_lrs: dict[str, float] = {}  # the rates the lr schedule set for this epoch (none when constant)
@@ -95,6 +110,11 @@ class Trainer:
                 self.run.best_weights_path.unlink(missing_ok=True)
                 self.run.best_info_path.unlink(missing_ok=True)
             self.run.write_config(cfg)
+            if self.size_scaling is not None:
+                message = describe_scaling(self.size_scaling)
+                if self.progress:
+                    print(message, flush=True)
+                self.log({"event": "size_scaling", "step": 0, "message": message, **self.size_scaling})
             if t.trackers:  # a tracker that cannot be reached stops the run here, before any training
                 from ..tracking import Trackers
 
@@ -319,10 +339,13 @@ class Trainer:
 
     def _score_and_keep(self) -> dict:
         from ..metrics.quality import SampleQuality
+        from ..samplers import proxy_mixture
 
-        if self.quality is None:
+        if self.quality is None:  # drawn as the user will sample: through a mixture where the run fits a sampler
+            fits = self.cfg.train.sampler != "prior" and self.model.has_encoder
             self.quality = SampleQuality(self.data, self.cfg.data, n=self.cfg.train.best_samples,
-                                         seed=self.cfg.train.seed, progress=self.progress)
+                                         seed=self.cfg.train.seed, progress=self.progress,
+                                         sampler_proxy=proxy_mixture(self.data, self.cfg.train.seed) if fits else None)
         score = self.quality.score(self.sampled_model)
         if score is None and not self.warned_no_choice:
             self.warned_no_choice = True
@@ -338,6 +361,36 @@ class Trainer:
             self.run.save_weights(self.sampled_model, best_info={"sample_fid": score, "epoch": self.pos.epoch,
                                                          "step": self.pos.step, **self.quality.settings})
         return {"sample_fid": score, "best": improved}
+
+    def _confirm_best(self) -> dict | None:
+        """Keep the best-scored epoch's weights only where fresh draws confirm them against the last weights.
+
+        The kept epoch is the minimum of many noisy scores (one draw each; on a small folder against a few dozen
+        validation images), so its own score flatters it. Both weights are scored again on ``CONFIRM_DRAWS`` draws
+        neither was chosen on; the best stay only if they beat the last weights by more than one standard error of
+        the paired differences, else model-best.* is removed and the run keeps its last weights (and says so)."""
+        best = self.run.best_info()
+        if best is None or self.quality is None or best.get("step") == self.pos.step:
+            return None
+        with torch.random.fork_rng(devices=[]):
+            kept = build_model(self.cfg.model).to(self.device)
+            kept.load_state_dict(self.run.load_weights(self.run.best_weights_path))
+            draws = range(1, CONFIRM_DRAWS + 1)
+            best_scores = [self.quality.score(kept, draw=d) for d in draws]
+            last_scores = [self.quality.score(self.sampled_model, draw=d) for d in draws]
+        check = best_confirmation(best_scores, last_scores)
+        if check["confirmed"]:
+            atomic_write_text(self.run.best_info_path, json.dumps({**best, "confirmation": check}, indent=2) + "\n")
+            return {"kept": "best", "epoch": best["epoch"], **check}
+        self.run.best_weights_path.unlink(missing_ok=True)
+        self.run.best_info_path.unlink(missing_ok=True)
+        message = (f"kept the last weights (model.safetensors): the best-scored epoch {best['epoch']} did not beat them "
+                   f"on {check['draws']} fresh draws (validation FID {check['best_mean']:.2f} against "
+                   f"{check['last_mean']:.2f}, standard error of the gain {check['standard_error']:.2f})")
+        if self.progress:
+            print(message, flush=True)
+        self.log({"event": "best_weights", "step": self.pos.step, "message": message})
+        return {"kept": "last", "epoch_scored_best": best["epoch"], **check}
 
     def _fit_sampler(self):
         """Fit the run's default latent sampler on its best weights (vaelab.samplers.fit_sampler), choosing its
@@ -386,6 +439,10 @@ class Trainer:
             summary["likelihood"] = likelihood
         if self.is_main:
             self.run.save_weights(self.sampled_model)
+            if self.cfg.train.track_best and self.cfg.train.confirm_best:
+                confirmed = self._optional("confirming the best weights", self._confirm_best)
+                if confirmed is not None:
+                    summary["best_weights"] = confirmed
             if self.model.has_encoder and self.cfg.train.sampler != "prior":  # on the weights just saved
                 fitted = self._optional("fitting the latent sampler", self._fit_sampler)
                 if fitted is not None:
