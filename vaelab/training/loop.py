@@ -375,9 +375,16 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             kept = build_model(self.cfg.model).to(self.device)
             kept.load_state_dict(self.run.load_weights(self.run.best_weights_path))
+            last = self.sampled_model
+            proxy = self.quality.sampler_proxy
+            if proxy is not None:  # fitted once per weights (deterministic), not once per draw
+                kept.latent_sampler, last.latent_sampler = proxy(kept), proxy(last)
             draws = range(1, CONFIRM_DRAWS + 1)
-            best_scores = [self.quality.score(kept, draw=d) for d in draws]
-            last_scores = [self.quality.score(self.sampled_model, draw=d) for d in draws]
+            try:
+                best_scores = [self.quality.score(kept, draw=d) for d in draws]
+                last_scores = [self.quality.score(last, draw=d) for d in draws]
+            finally:
+                last.latent_sampler = None
         check = best_confirmation(best_scores, last_scores)
         if check["confirmed"]:
             atomic_write_text(self.run.best_info_path, json.dumps({**best, "confirmation": check}, indent=2) + "\n")
