@@ -5,6 +5,7 @@ feature space.
     python benchmarks/small_folder.py --presets vaegan-mnist gvae-sagar-mnist --sizes 500 --seeds 0 1 2
                                       [--runs /tmp/vaelab-small] [--set key=value ...] [--weights best|last]
                                       [--sampler prior|gmm|...] [--tag=-aug] [--out rows.jsonl]
+                                      [--refit-sampler]
 
 The folder: N digits drawn from mnist5k's training split (N/10 per class, a fixed seed for every run), written as
 PNGs in class subfolders; the run sees only the folder (its own every-5th-file test split, its validation share of
@@ -82,7 +83,13 @@ def score(run: Path, sampler: str | None, weights: str) -> dict:
             "weights": model.weights_file, "sampler": model.sampler_kind,
             "kept_epoch": (best or {}).get("epoch"), "epochs_done": summary["epochs_done"],
             "steps": summary["steps"], "train_seconds": summary["train_seconds"],
-            "train_images": len(folder_train), "sampler_chosen": summary.get("sampler")}
+            "train_images": len(folder_train), "sampler_chosen": _chosen(run, model.sampler_kind)}
+
+
+def _chosen(run: Path, kind: str) -> dict | None:
+    """The fitted sampler's chosen candidate (its settings, validation FID and memorisation ratios)."""
+    meta = run / f"sampler-{kind}.json"
+    return json.loads(meta.read_text())["settings"].get("chosen") if meta.is_file() else None
 
 
 def main() -> None:
@@ -97,6 +104,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="appended to the run folders' names (--tag=-aug: '=' before a "
                         "leading dash)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--refit-sampler", action="store_true", help="keep an existing run's weights: refit its "
+                        "gmm with the current code (`vaelab fit-sampler RUN --sampler gmm`), then score")
     args = parser.parse_args()
     rows = []
     for size in args.sizes:
@@ -104,13 +113,17 @@ def main() -> None:
         for preset in args.presets:
             for seed in args.seeds:
                 run = args.runs / f"{preset}-{size}-s{seed}{args.tag}"
-                shutil.rmtree(run, ignore_errors=True)
-                command = [sys.executable, "-m", "vaelab", "train", "--preset", preset, "--data", f"folder:{folder}",
-                           "--out", str(run), "--no-progress", "--seed", str(seed)]
-                for s in args.sets:
-                    command += ["--set", s]
                 start = time.perf_counter()
-                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                if args.refit_sampler and (run / "summary.json").is_file():
+                    subprocess.run([sys.executable, "-m", "vaelab", "fit-sampler", str(run), "--sampler", "gmm"],
+                                   check=True, stdout=subprocess.DEVNULL)
+                else:
+                    shutil.rmtree(run, ignore_errors=True)
+                    command = [sys.executable, "-m", "vaelab", "train", "--preset", preset, "--data",
+                               f"folder:{folder}", "--out", str(run), "--no-progress", "--seed", str(seed)]
+                    for s in args.sets:
+                        command += ["--set", s]
+                    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
                 row = {"preset": preset, "size": size, "seed": seed, "sets": args.sets, "tag": args.tag,
                        "wall_s": time.perf_counter() - start, **score(run, args.sampler, args.weights)}
                 rows.append(row)

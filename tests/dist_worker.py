@@ -25,7 +25,8 @@ def main(out, record, batch_size, steps):
     if preset:  # a hybrid whose step takes decisions (VAE-GAN's skipped discriminator step, AVAE's k_t)
         # tiny for every arch: the dcgan arch of the AVAE preset reads widths, the began arch filters
         sizes = {"vaegan-mnist": ["model.widths=[8, 16]", "model.discriminator_widths=[8, 16]", "model.latent_dim=4",
-                                  "model.balance_margin=0.7"],
+                                  "model.balance_margin=0.7", "model.augment=translation",
+                                  "model.augment_target=0.6", "model.augment_speed_images=1000"],
                  "avae-khan-mnist": ["model.widths=[4, 8]", "model.filters=4", "model.latent_dim=4",
                                      "model.lambdas=[0.1, 0.01, 0.01]"]}[preset]
         cfg = load_config(preset=preset, overrides=[*sizes, f"train.batch_size={batch_size}", f"train.max_steps={steps}",
@@ -64,6 +65,9 @@ def main(out, record, batch_size, steps):
             calls["n"] += 1
             value = 0.1 if rank == 0 else (0.9 if calls["n"] % 2 else 1.5)
             t["d_real_loss"] = t["d_fake_loss"] = t["d_real_loss"].detach() * 0 + value
+            # adaptive augmentation's r_t the same way: rank 0 alone would raise p (1.0 > 0.6), rank 1 alone
+            # lower it (0.3), their mean (0.65) raises it on both
+            t["d_real_sign"] = t["d_real_sign"] * 0 + (1.0 if rank == 0 else 0.3)
             return t
 
         trainer.model.losses = straddling
@@ -78,7 +82,8 @@ def main(out, record, batch_size, steps):
         controller = getattr(trainer.model, "controller", None)
         seen.append({"indices": batch["index"].tolist(), "checksum": checksum,
                      "k": controller.k if controller else None,
-                     "d_updated": float(losses["d_updated"]) if "d_updated" in losses else None})
+                     "d_updated": float(losses["d_updated"]) if "d_updated" in losses else None,
+                     "augment_p": float(losses["augment_p"]) if "augment_p" in losses else None})
         return losses
 
     trainer.model.training_step = recording_step

@@ -1,12 +1,19 @@
 """DiffAugment (vaelab/augment.py): differentiable, the same transform for an image's copies, applied by the
-discriminators to real and generated images alike."""
+discriminators to real and generated images alike; its adaptive strength (Karras et al. 2020) rises on a
+discriminator that overfits and survives a resume exactly (two processes agreeing: test_distributed.py)."""
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from conftest import built_model
-from vaelab.augment import diff_augment
+from conftest import built_model, tiny_overrides
+from vaelab.augment import AdaptiveProbability, diff_augment
+from vaelab.config import load_config
 from vaelab.errors import ConfigError
+from vaelab.run import RunFolder
+from vaelab.training import UpdateContext, train
+
+TINY_VAEGAN = {"model.widths": "[8, 16]", "model.discriminator_widths": "[8, 16]", "model.latent_dim": "4"}
 
 
 def test_translation_moves_the_image_and_cutout_zeroes_a_half_side_square():
@@ -54,3 +61,77 @@ def test_the_discriminator_sees_real_and_generated_images_transformed(preset, ne
     assert images.eq(0).flatten(1).sum(1).eq(14 * 14).all()
     plain = built_model(preset)
     assert plain.config.augment == ""  # off unless asked: the switch's measurement is in RESULTS.md
+
+
+def test_the_adaptive_probability_follows_the_sign_of_r_t_minus_the_target():
+    ada = AdaptiveProbability(target=0.6, speed_images=1000, interval=4)
+    assert [ada.observe(1.0, 50) for _ in range(4)] == [0.0, 0.0, 0.0, 0.2]  # 200 images of 1,000 after 4 steps
+    for _ in range(12):
+        ada.observe(0.9, 50)
+    assert ada.p == pytest.approx(0.8)
+    for _ in range(40):
+        ada.observe(1.0, 50)
+    assert ada.p == 1.0  # clipped
+    for _ in range(8):
+        ada.observe(0.2, 50)  # below the target: falls
+    assert ada.p == pytest.approx(0.6)
+    for _ in range(4):
+        ada.observe(0.6, 50)  # at the target: holds
+    assert ada.p == pytest.approx(0.6)
+    half = AdaptiveProbability(0.6, 1000)
+    half.observe(1.0, 50), half.observe(1.0, 50)
+    again = AdaptiveProbability(0.6, 1000)
+    again.load(half.state())  # a partial interval carries over
+    assert [again.observe(1.0, 50) for _ in range(2)] == [0.0, 0.2]
+
+
+def _overfit(discriminator_lr: float, steps: int = 60):
+    """A tiny VAE-GAN stepped on the same 16 digits: the discriminator learns them (r_t -> 1) unless it cannot
+    learn at all (lr 0: r_t stays where its initial weights put it)."""
+    torch.manual_seed(0)
+    sets = {**TINY_VAEGAN, "model.augment": "translation", "model.augment_target": 0.6,
+            "model.augment_speed_images": 1000}
+    model = built_model("vaegan-mnist", **sets)
+    optimizers = model.configure_optimizers()
+    for group in optimizers["discriminator"].param_groups:
+        group["lr"] = discriminator_lr
+    ctx = UpdateContext(optimizers, {}, 1, None, "cpu")
+    x = torch.rand(16, 1, 28, 28).round()  # 16 fixed binary "images"
+    ps, signs = [], []
+    for _ in range(steps):
+        out = model.training_step({"x": x, "y": None}, ctx)
+        ps.append(float(out["augment_p"]))
+        signs.append(float(model.losses(x)["d_real_sign"]))
+    return ps, signs
+
+
+def test_the_adaptive_probability_rises_on_a_discriminator_made_to_overfit():
+    ps, signs = _overfit(discriminator_lr=1e-3)
+    assert sum(signs[-20:]) / 20 > 0.6  # it calls its 16 training images real
+    assert ps == sorted(ps) and ps[-1] >= 0.8, ps  # so p rose, at 64 images of 1,000 every 4 steps
+    frozen, frozen_signs = _overfit(discriminator_lr=0.0, steps=24)  # one that cannot learn them: r_t stays low
+    assert sum(frozen_signs) / 24 < 0.6 and max(frozen) == 0.0
+
+
+def test_the_adaptive_probability_is_exact_across_a_resume(tmp_path):
+    sets = {**TINY_VAEGAN, "model.augment": "translation", "model.augment_target": -0.5,
+            "model.augment_speed_images": 2000, "train.track_best": "false", "train.batch_size": 32,
+            "train.tensorboard": "false", "train.eval_images": 64, "train.epochs": 1}
+    config = lambda steps: load_config(preset="vaegan-mnist", overrides=tiny_overrides(
+        vae=False, **sets, **{"train.max_steps": steps}))
+    train(config(10), tmp_path / "straight", progress=False)
+    train(config(5), tmp_path / "split", progress=False)
+    half = RunFolder(tmp_path / "split").load_checkpoint()["extra"]["augment"]
+    assert half["steps"] == 1 and 0 < half["p"] < 1  # mid-interval, p moved (a target below any r_t: it rises)
+    train(config(10), tmp_path / "split", resume=True, progress=False)
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "split" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    states = [RunFolder(p).load_checkpoint()["extra"]["augment"] for p in (tmp_path / "straight", tmp_path / "split")]
+    assert states[0] == states[1] and states[0]["p"] > half["p"]
+
+
+def test_an_adaptive_strength_needs_a_policy_and_a_target_in_range():
+    with pytest.raises(ConfigError, match="model.augment_target adapts"):
+        built_model("vaegan-mnist", **{"model.augment_target": 0.6})
+    with pytest.raises(ConfigError, match="in \\(-1, 1\\)"):
+        built_model("vaegan-mnist", **{"model.augment": "translation", "model.augment_target": 1.5})

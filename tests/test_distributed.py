@@ -122,9 +122,10 @@ def test_evaluation_split_across_two_processes_equals_one_process(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["vaegan-mnist", "avae-khan-mnist"])
 def test_hybrid_decisions_are_taken_together_on_two_processes(preset, tmp_path):
-    """VAE-GAN's skipped discriminator step and AVAE's k_t are decided from values averaged over the processes:
-    every rank takes the same decision, so the ranks hold identical weights and k_t after every step (a rank
-    deciding from its own losses alone would skip a different set of updates, hang in the all-reduce or drift)."""
+    """VAE-GAN's skipped discriminator step, its adaptive augmentation's p and AVAE's k_t are decided from values
+    averaged over the processes: every rank takes the same decision, so the ranks hold identical weights, p and k_t
+    after every step (a rank deciding from its own losses alone would skip a different set of updates, hang in the
+    all-reduce or drift)."""
     _run(2, tmp_path / "h", tmp_path / "h", batch=32, steps=12, VAELAB_TEST_PRESET=preset)
     ranks = [json.loads((tmp_path / f"h-rank{r}.json").read_text()) for r in (0, 1)]
     assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == 12
@@ -138,3 +139,7 @@ def test_hybrid_decisions_are_taken_together_on_two_processes(preset, tmp_path):
         # the worker makes rank 0's own losses always below the margin and rank 1's always above it, with their
         # mean on either side by turns: both decisions taken, each by both ranks together
         assert [s["d_updated"] for s in ranks[0]["steps"]] == [0.0, 1.0] * 6
+        # adaptive augmentation's p, moved by the mean r_t over the ranks (0.65 > 0.6): up on both, by the 2 x 32
+        # real images of each of 4 steps over 1,000, where rank 1 alone (r_t 0.3) would have held it at 0
+        p = [[s["augment_p"] for s in r["steps"]] for r in ranks]
+        assert p[0] == p[1] and p[0][-1] == pytest.approx(3 * 256 / 1000)

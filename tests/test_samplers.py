@@ -227,3 +227,29 @@ def test_fit_sampler_on_a_model_without_an_encoder_is_a_one_line_error(tmp_path)
           tmp_path / "gan", progress=False)
     out = CliRunner().invoke(app, ["fit-sampler", str(tmp_path / "gan")])
     assert out.exit_code == 2 and "has no encoder" in out.output and len(out.output.strip().splitlines()) == 1
+
+
+def test_the_fit_prefers_candidates_as_far_from_the_training_images_as_the_validation_images():
+    """The guard's references in order: a candidate whose samples sit as far from the training images as the
+    validation images wins over a lower-FID one that is only as far as the model's reconstructions of them (on a
+    small folder those lean towards the training images: RESULTS.md, issue 34); where no candidate reaches the
+    validation images (a blurry model), the reconstructions alone judge, and FID decides among equals."""
+    from vaelab.samplers import _better
+
+    def pick(rows):
+        best = None
+        for row in rows:
+            if _better(row, best):
+                best = row
+        return best["name"]
+
+    row = lambda name, fid, pixels, reconstructions: {"name": name, "validation_fid": fid,
+                                                        "memorisation_ratio_pixels": pixels,
+                                                        "memorisation_ratio": reconstructions}
+    small_folder = [row("10", 18.2, 0.97, 1.10), row("20", 16.2, 0.86, 0.98), row("50", 15.2, 0.82, 0.94)]
+    assert pick(small_folder) == "10"
+    assert pick(small_folder[::-1]) == "10"
+    blurry = [row("10", 20.0, 0.80, 1.05), row("50", 15.0, 0.78, 0.95), row("100", 12.0, 0.75, 0.85)]
+    assert pick(blurry) == "50"
+    sharp = [row("10", 3.2, 1.01, 1.05), row("50", 2.9, 0.99, 1.03)]
+    assert pick(sharp) == "50"

@@ -11,8 +11,8 @@ and fake are transformed alike. The policy names the transforms, applied in this
 - ``translation``: an integer shift of up to ``TRANSLATION`` of the side, zeros shifted in;
 - ``cutout``: a zeroed square of ``CUTOUT`` of the side at a random place.
 
-``probability`` applies the whole policy to each image with that probability (1: DiffAugment; below 1: the fixed
-strength p of Karras et al. 2020's adaptive augmentation, without its controller). ``pairs`` > 1 treats the batch
+``probability`` applies the whole policy to each image with that probability (1: DiffAugment; below 1: the
+strength p of Karras et al. 2020's adaptive augmentation, fixed, or set by ``AdaptiveProbability``, its controller). ``pairs`` > 1 treats the batch
 as that many stacked copies of one set of images (VAE-GAN's real images and their reconstructions, compared feature by
 feature): every copy of an image gets the same transform, so the comparison stays like with like.
 """
@@ -83,4 +83,40 @@ def diff_augment(x: torch.Tensor, policy: str, probability: float = 1.0, pairs: 
     return out
 
 
-__all__ = ["TRANSFORMS", "diff_augment", "parse_policy"]
+class AdaptiveProbability:
+    """The strength p of the augmentation, set from an overfitting signal (Karras et al. 2020, "Training Generative
+    Adversarial Networks with Limited Data", sec. 3): r_t = E[sign(D(x))] over the real training images the
+    discriminator saw in the last ``interval`` steps (its raw logit: > 0 says "real"); every ``interval`` steps
+    p <- clip(p + sign(r_t - target) * images / speed_images, 0, 1), ``images`` the real images of those steps, so p
+    can cross [0, 1] in ``speed_images`` images. A discriminator that has learned its training images calls nearly
+    all of them real (r_t -> 1) and p rises; one that cannot tell them apart keeps r_t near 0 and p falls.
+
+    The paper's speed is 500k images for runs of ~25M; this scales it to vaelab's small-folder runs of ~100k images
+    (``speed_images``, a model setting). Every process must pass the same r (the mean over processes) so all move p
+    alike; ``state()`` / ``load()`` carry p and the partial interval across a resume."""
+
+    def __init__(self, target: float, speed_images: int, interval: int = 4, p: float = 0.0):
+        self.target, self.speed_images, self.interval = target, speed_images, interval
+        self.p, self.signs, self.images, self.steps = p, 0.0, 0, 0
+
+    def observe(self, mean_sign: float, images: int) -> float:
+        """One step's mean sign of D on its ``images`` real images (the mean over processes: each process passes
+        the same value and its global batch) -> p for the next step."""
+        self.signs += mean_sign * images
+        self.images += images
+        self.steps += 1
+        if self.steps >= self.interval:
+            r_t = self.signs / max(self.images, 1)
+            direction = (r_t > self.target) - (r_t < self.target)
+            self.p = min(1.0, max(0.0, self.p + direction * self.images / self.speed_images))
+            self.signs, self.images, self.steps = 0.0, 0, 0
+        return self.p
+
+    def state(self) -> dict:
+        return {"p": self.p, "signs": self.signs, "images": self.images, "steps": self.steps}
+
+    def load(self, state: dict) -> None:
+        self.p, self.signs, self.images, self.steps = (state["p"], state["signs"], state["images"], state["steps"])
+
+
+__all__ = ["AdaptiveProbability", "TRANSFORMS", "diff_augment", "parse_policy"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..augment import diff_augment, parse_policy
+from ..augment import AdaptiveProbability, diff_augment, parse_policy
 from ..errors import ConfigError
 from ..losses import kl_standard_normal, logit_bce
 from .base import GaussianLatentModel
@@ -42,14 +42,27 @@ class VAEGANConfig:
     logvar_max: float = 20.0
     # DiffAugment policy on every image the discriminator sees (vaelab/augment.py: color, translation, cutout;
     # comma-separated; "" off); a real image and its reconstruction get the same transform (their features are
-    # compared). augment_probability: the share of images transformed (1: DiffAugment)
+    # compared). augment_probability: the share of images transformed (1: DiffAugment). augment_target: set it
+    # (Karras et al. 2020: 0.6) to adapt that share instead, from 0, to hold the discriminator's mean sign on real
+    # images at the target (vaelab.augment.AdaptiveProbability; p can cross [0, 1] in augment_speed_images images)
     augment: str = ""
     augment_probability: float = 1.0
+    augment_target: float | None = None
+    augment_speed_images: int = 20_000
 
     def validate(self) -> None:
         parse_policy(self.augment)
         if not 0.0 <= self.augment_probability <= 1.0:
             raise ConfigError(f"model.augment_probability must lie in [0, 1], got {self.augment_probability}")
+        if self.augment_target is not None:
+            if not self.augment:
+                raise ConfigError("model.augment_target adapts the strength of model.augment, which is empty; set "
+                                  "a policy too, e.g. --set model.augment=translation")
+            if not -1.0 < self.augment_target < 1.0:
+                raise ConfigError(f"model.augment_target is a mean sign of the discriminator on real images, in "
+                                  f"(-1, 1) (Karras et al.: 0.6), got {self.augment_target}")
+            if self.augment_speed_images < 1:
+                raise ConfigError(f"model.augment_speed_images must be >= 1, got {self.augment_speed_images}")
         if self.optimizer not in ("rmsprop", "adam"):
             raise ConfigError(f"model.optimizer must be rmsprop or adam, got {self.optimizer!r}")
         n = len(self.discriminator_widths)
@@ -87,6 +100,19 @@ class VAEGAN(GaussianLatentModel):
         self.to_moments = nn.Linear(self.encoder.out_features, 2 * c.latent_dim)
         self.decoder = ConvDecoder(c.latent_dim, c.channels, c.image_size, c.widths, "batch")
         self.discriminator = FeatureDiscriminator(c.channels, c.image_size, c.discriminator_widths, c.feature_layer)
+        self.adaptive = (AdaptiveProbability(c.augment_target, c.augment_speed_images)
+                         if c.augment_target is not None else None)
+
+    @property
+    def augment_probability(self) -> float:
+        return self.adaptive.p if self.adaptive is not None else self.config.augment_probability
+
+    def extra_state(self) -> dict:
+        return {"augment": self.adaptive.state()} if self.adaptive is not None else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.adaptive is not None and "augment" in state:
+            self.adaptive.load(state["augment"])
 
     def configure_optimizers(self):
         c = self.config
@@ -110,9 +136,9 @@ class VAEGAN(GaussianLatentModel):
         seen_real, seen_tilde, seen_p = x, x_tilde, x_p
         if self.config.augment:  # DiffAugment: the discriminator sees every image transformed, real and fake alike
             c = self.config
-            seen_real, seen_tilde = diff_augment(torch.cat([x, x_tilde]), c.augment, c.augment_probability,
-                                                 pairs=2).chunk(2)
-            seen_p = diff_augment(x_p, c.augment, c.augment_probability)
+            p = self.augment_probability
+            seen_real, seen_tilde = diff_augment(torch.cat([x, x_tilde]), c.augment, p, pairs=2).chunk(2)
+            seen_p = diff_augment(x_p, c.augment, p)
         f_real, d_real = self.discriminator(seen_real)
         f_tilde, d_tilde = self.discriminator(seen_tilde)
         _, d_p = self.discriminator(seen_p)
@@ -126,6 +152,7 @@ class VAEGAN(GaussianLatentModel):
         t["decoder_loss"] = self.config.gamma * t["llike"] + t["g_gan"]
         t["d_real"] = torch.sigmoid(d_real.detach().float()).mean()
         t["d_fake"] = torch.sigmoid(d_p.detach().float()).mean()
+        t["d_real_sign"] = torch.sign(d_real.detach().float()).mean()  # adaptive augmentation's r_t
         return t
 
     def training_step(self, batch, ctx):
@@ -140,5 +167,9 @@ class VAEGAN(GaussianLatentModel):
             losses["discriminator"] = t["d_loss"]
         ctx.update_many(losses, {k: t[k] for k in ("kl", "llike", "d_loss", "g_gan")})
         keep = ("kl", "llike", "d_loss", "g_gan", "d_real", "d_fake")
-        return {**{k: t[k].detach() for k in keep}, "d_updated": torch.tensor(0.0 if skip else 1.0)}
+        out = {**{k: t[k].detach() for k in keep}, "d_updated": torch.tensor(0.0 if skip else 1.0)}
+        if self.adaptive is not None:  # r_t of all processes, so every process moves p alike
+            r = float(ctx.mean_over_processes(t["d_real_sign"]))
+            out["augment_p"] = torch.tensor(self.adaptive.observe(r, len(batch["x"]) * ctx.world))
+        return out
 
