@@ -25,7 +25,7 @@ def main(out, record, batch_size, steps):
     if preset:  # a hybrid whose step takes decisions (VAE-GAN's skipped discriminator step, AVAE's k_t)
         # tiny for every arch: the dcgan arch of the AVAE preset reads widths, the began arch filters
         sizes = {"vaegan-mnist": ["model.widths=[8, 16]", "model.discriminator_widths=[8, 16]", "model.latent_dim=4",
-                                  "model.balance_margin=0.7", "model.augment=translation",
+                                  "model.balance_margin=0.7", "model.augment=translation", "model.augment_below_images=null",
                                   "model.augment_target=0.6", "model.augment_speed_images=1000"],
                  "avae-khan-mnist": ["model.widths=[4, 8]", "model.filters=4", "model.latent_dim=4",
                                      "model.lambdas=[0.1, 0.01, 0.01]"]}[preset]

@@ -204,7 +204,7 @@ def test_fake_margin_caps_the_discriminators_fake_term(preset):
 
 def test_vaegan_feature_loss_is_eq_8_on_the_chosen_discriminator_layer():
     torch.manual_seed(0)
-    model = built_model("vaegan-mnist", **{"model.feature_layer": 1})
+    model = built_model("vaegan-mnist", **{"model.feature_layer": 1, "model.augment": ""})  # Dis_l of x itself
     x = torch.rand(3, 1, 28, 28)
     torch.manual_seed(1)
     t = model.losses(x)

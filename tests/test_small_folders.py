@@ -17,7 +17,8 @@ from vaelab.metrics.quality import SampleQuality
 from vaelab.run import RunFolder, load
 from vaelab.samplers import proxy_mixture
 from vaelab.training import train
-from vaelab.training.data_size import scale_to_data_size
+from vaelab.models.vaegan import VAEGANConfig
+from vaelab.training.data_size import resolve_augmentation, scale_to_data_size
 from vaelab.training.loop import best_confirmation
 
 
@@ -34,6 +35,16 @@ def test_a_smaller_split_scales_every_epoch_counted_setting_once():
     small = TrainConfig(epochs=30, reference_train_images=3500, sample_every_epochs=0)
     scale_to_data_size(small, 700)
     assert small.sample_every_epochs == 0  # off stays off
+
+
+def test_augmentation_below_a_size_is_decided_once_from_the_training_split():
+    small = VAEGANConfig(augment="translation", augment_below_images=1000)
+    decision = resolve_augmentation(small, 350)
+    assert decision["applied"] and small.augment == "translation" and small.augment_below_images is None
+    assert resolve_augmentation(small, 350) is None  # decided: a resume or a reload builds the same model
+    large = VAEGANConfig(augment="translation", augment_below_images=1000)
+    assert not resolve_augmentation(large, 3500)["applied"] and large.augment == ""
+    assert resolve_augmentation(VAEGANConfig(augment="translation"), 3500) is None  # no rule: as set
 
 
 def _digit_folder(root, per_class: int):
@@ -67,6 +78,20 @@ def test_a_preset_on_a_small_folder_makes_its_steps_and_says_so_and_epochs_given
     assert result.exit_code == 0, result.output
     cfg = RunFolder(tmp_path / "given").read_config()
     assert cfg.train.epochs == 2 and cfg.train.size_scaling is None and cfg.train.reference_train_images is None
+
+
+def test_a_small_folder_trains_the_vaegan_preset_with_its_discriminator_augmented(tmp_path):
+    data = _digit_folder(tmp_path / "data", 10)
+    sets = {"model.widths": "[8, 16]", "model.discriminator_widths": "[8, 16]", "model.latent_dim": "4",
+            "train.batch_size": 16, "train.track_best": "false"}
+    tiny = [s for s in tiny_overrides(vae=False, **sets) for s in ("--set", s)]
+    result = CliRunner().invoke(app, ["train", "--preset", "vaegan-mnist", "--data", f"folder:{data}", "--out",
+                                      str(tmp_path / "run"), "--max-steps", "4", "--no-progress", *tiny])
+    assert result.exit_code == 0, result.output
+    cfg = RunFolder(tmp_path / "run").read_config()
+    assert cfg.model.augment == "translation" and cfg.model.augment_below_images is None  # the preset's rule, decided
+    logged = [r for r in RunFolder(tmp_path / "run").read_metrics() if r["event"] == "augmentation"]
+    assert logged[0]["applied"] and "70 training images" in logged[0]["message"]
 
 
 def test_best_confirmation_needs_a_gain_beyond_the_draws_noise():

@@ -53,9 +53,14 @@ class GVAEConfig:
     # included (vaelab/augment.py; "" off); augment_probability: the share of images transformed
     augment: str = ""
     augment_probability: float = 1.0
+    # augment only a training split of fewer images than this (decided when training starts, then written into
+    # config.yaml as augment itself: vaelab/training/data_size.py); None: augment whatever the size
+    augment_below_images: int | None = None
 
     def validate(self) -> None:
         parse_policy(self.augment)
+        if self.augment_below_images is not None and self.augment_below_images < 1:
+            raise ConfigError(f"model.augment_below_images must be >= 1 (or null), got {self.augment_below_images}")
         if not 0.0 <= self.augment_probability <= 1.0:
             raise ConfigError(f"model.augment_probability must lie in [0, 1], got {self.augment_probability}")
         if len(self.generator_widths) != 3:

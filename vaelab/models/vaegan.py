@@ -49,9 +49,14 @@ class VAEGANConfig:
     augment_probability: float = 1.0
     augment_target: float | None = None
     augment_speed_images: int = 20_000
+    # augment only a training split of fewer images than this (decided when training starts, then written into
+    # config.yaml as augment itself: vaelab/training/data_size.py); None: augment whatever the size
+    augment_below_images: int | None = None
 
     def validate(self) -> None:
         parse_policy(self.augment)
+        if self.augment_below_images is not None and self.augment_below_images < 1:
+            raise ConfigError(f"model.augment_below_images must be >= 1 (or null), got {self.augment_below_images}")
         if not 0.0 <= self.augment_probability <= 1.0:
             raise ConfigError(f"model.augment_probability must lie in [0, 1], got {self.augment_probability}")
         if self.augment_target is not None:

@@ -5,6 +5,9 @@ the run makes the preset's number of optimizer steps, decays its learning rate o
 samples and checkpoints as often per step (issue 34: the VAE-GAN's 30 epochs on a 500-image folder were ~200 steps;
 its 1,640 steps on ~500 images gave a FID close to the 3,500-image run's with a fitted sampler). A larger split keeps
 the preset's epochs (more data, more steps).
+
+Discriminator augmentation is size-aware the same way: a model config with ``augment_below_images`` keeps its
+``augment`` policy only for a training split smaller than that (``resolve_augmentation``).
 """
 
 from __future__ import annotations
@@ -39,3 +42,30 @@ def describe_scaling(scaling: dict) -> str:
             f"{scaling['reference_train_images']:,} the preset was measured on: {changes}, so the run makes the "
             f"preset's optimizer steps (train.size_scaling in config.yaml; `--epochs N` or --set "
             f"train.reference_train_images=null keeps the preset's epochs)")
+
+
+def resolve_augmentation(model_cfg, train_images: int) -> dict | None:
+    """Decide a size-aware augmentation in place: a model config with ``augment_below_images`` N keeps its
+    ``augment`` policy for a training split of fewer than N images and drops it otherwise; N is then cleared, so
+    config.yaml holds the decision and a resume or a reload builds the same model. Returns what was decided (for the
+    run's log), or None when the config has no such rule."""
+    below = getattr(model_cfg, "augment_below_images", None)
+    if below is None or not getattr(model_cfg, "augment", ""):
+        return None
+    policy = model_cfg.augment
+    applied = train_images < below
+    if not applied:  # the adaptive strength of no augmentation goes too (config.yaml stays a valid config)
+        model_cfg.augment = ""
+        if getattr(model_cfg, "augment_target", None) is not None:
+            model_cfg.augment_target = None
+    model_cfg.augment_below_images = None
+    return {"augment": policy, "applied": applied, "train_images": train_images, "below_images": below}
+
+
+def describe_augmentation(decision: dict) -> str:
+    """One line for the run's log."""
+    verdict = "on" if decision["applied"] else "off"
+    why = "fewer" if decision["applied"] else "not fewer"
+    return (f"discriminator augmentation ({decision['augment']}) {verdict}: {decision['train_images']} training images, "
+            f"{why} than model.augment_below_images={decision['below_images']:,} (measured to help below that size, "
+            f"benchmarks/RESULTS.md; --set model.augment_below_images=null keeps model.augment as set)")

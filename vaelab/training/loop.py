@@ -29,7 +29,7 @@ from ..processes import join_processes, process_seed
 from ..run import RunFolder, atomic_write_text
 from .checkpoints import (Position, average_buffers, learning_rates_in_force, restore_training_state,
                           scale_learning_rates, training_state)
-from .data_size import describe_scaling, scale_to_data_size
+from .data_size import describe_augmentation, describe_scaling, resolve_augmentation, scale_to_data_size
 from .lr_schedule import apply_lr_factor, lr_factor
 from .monitor import held_out_likelihood, monitor_likelihood, write_grids
 from .updates import UpdateContext
@@ -64,6 +64,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.data = load_data(cfg.data)
         fill_data_shape(cfg, self.data)
+        self.augmentation = None if resume else resolve_augmentation(cfg.model, len(self.data.train))
         self.model: GenerativeModel = build_model(cfg.model)
         self.accel = prepare(self.model, self.device, t.precision, t)
         self.precision, self.optimizers = self.accel.precision, self.accel.optimizers
@@ -115,6 +116,11 @@ class Trainer:
                 if self.progress:
                     print(message, flush=True)
                 self.log({"event": "size_scaling", "step": 0, "message": message, **self.size_scaling})
+            if self.augmentation is not None:
+                message = describe_augmentation(self.augmentation)
+                if self.progress:
+                    print(message, flush=True)
+                self.log({"event": "augmentation", "step": 0, "message": message, **self.augmentation})
             if t.trackers:  # a tracker that cannot be reached stops the run here, before any training
                 from ..tracking import Trackers
 
