@@ -253,3 +253,19 @@ def test_the_fit_prefers_candidates_as_far_from_the_training_images_as_the_valid
     assert pick(blurry) == "50"
     sharp = [row("10", 3.2, 1.01, 1.05), row("50", 2.9, 0.99, 1.03)]
     assert pick(sharp) == "50"
+
+
+def test_where_no_candidate_reaches_the_validation_images_the_fit_tries_wider_spreads(tmp_path, monkeypatch):
+    import vaelab.samplers as samplers
+
+    run = tmp_path / "vae"
+    train(load_config(overrides=tiny_overrides(**{"train.epochs": 1})), run, progress=False)
+    spreads = lambda fitted: [row["spread"] for row in fitted.settings["selection"]]
+    monkeypatch.setattr(samplers, "MEMORISATION_FLOOR", 0.0)  # every candidate reaches both references
+    assert spreads(samplers.fit_sampler(run, components=[10], progress=False)) == [1.0, 1.2]
+    monkeypatch.setattr(samplers, "MEMORISATION_FLOOR", 100.0)  # none does: the wider spreads are judged too
+    wide = samplers.fit_sampler(run, components=[10], progress=False)
+    assert spreads(wide) == [1.0, 1.2, 1.5, 2.0]
+    assert wide.settings["chosen"]["validation_fid"] == min(r["validation_fid"] for r in wide.settings["selection"])
+    # spreads the user names are the candidates, all of them and only them
+    assert spreads(samplers.fit_sampler(run, components=[10], spreads=[1.0], progress=False)) == [1.0]
