@@ -12,9 +12,10 @@ and fake are transformed alike. The policy names the transforms, applied in this
 - ``cutout``: a zeroed square of ``CUTOUT`` of the side at a random place.
 
 ``probability`` applies the whole policy to each image with that probability (1: DiffAugment; below 1: the
-strength p of Karras et al. 2020's adaptive augmentation, fixed, or set by ``AdaptiveProbability``, its controller). ``pairs`` > 1 treats the batch
-as that many stacked copies of one set of images (VAE-GAN's real images and their reconstructions, compared feature by
-feature): every copy of an image gets the same transform, so the comparison stays like with like.
+strength p of Karras et al. 2020's adaptive augmentation, fixed, or set by ``AdaptiveProbability``, its
+controller). ``pairs`` > 1 treats the batch as that many stacked copies of one set of images (VAE-GAN's real images
+and their reconstructions, compared feature by feature): every copy of an image gets the same transform, so the
+comparison stays like with like.
 """
 
 from __future__ import annotations

@@ -188,7 +188,9 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
                             "rule": f"lowest validation FID among the candidates whose samples sit >= "
                                     f"{MEMORISATION_FLOOR} times as far from the training images as the validation "
                                     f"images (memorisation_ratio_pixels) and as the model's reconstructions of them "
-                                    f"(memorisation_ratio); failing that, the second alone",
+                                    f"(memorisation_ratio); where none reaches the first, the same densities at "
+                                    f"spreads {', '.join(map(str, WIDER_SPREADS))} too; failing that, the second "
+                                    f"alone",
                             "fit_seconds": time.perf_counter() - start})
     chosen.save(run)
     return chosen
@@ -232,7 +234,7 @@ def describe(chosen: dict) -> str:
     return ", ".join(parts + [f"spread {chosen['spread']}"])
 
 
-def _guard_level(row: dict) -> int:
+def _guard_level(row: dict | None) -> int:
     """2: the samples sit as far from the training images as the validation images and as the model's
     reconstructions of them (each to ``MEMORISATION_FLOOR``); 1: one of the two; 0: neither."""
     if row is None:

@@ -66,6 +66,6 @@ def describe_augmentation(decision: dict) -> str:
     """One line for the run's log."""
     verdict = "on" if decision["applied"] else "off"
     why = "fewer" if decision["applied"] else "not fewer"
-    return (f"discriminator augmentation ({decision['augment']}) {verdict}: {decision['train_images']} training images, "
-            f"{why} than model.augment_below_images={decision['below_images']:,} (measured to help below that size, "
+    return (f"discriminator augmentation ({decision['augment']}) {verdict}: {decision['train_images']} training "
+            f"images, {why} than model.augment_below_images={decision['below_images']:,} (measured to help below that size, "
             f"benchmarks/RESULTS.md; --set model.augment_below_images=null keeps model.augment as set)")
