@@ -66,6 +66,32 @@ def test_the_discriminator_sees_real_and_generated_images_transformed(preset, ne
         assert plain.config.augment == ""
 
 
+@pytest.mark.parametrize("preset", ["dcgan-mnist", "wgan-gp-mnist", "acgan-mnist", "avae-khan-mnist",
+                                    "began-star-mnist"])
+def test_every_other_discriminator_sees_real_and_generated_images_transformed(preset):
+    """The GAN baselines (in their training step, where real and fake reach the discriminator) and the BEGAN family
+    (whose discriminator auto-encodes what it sees, so its targets are the transformed images too)."""
+    torch.manual_seed(0)
+    model = built_model(preset, **{"model.augment": "cutout"})
+    seen = []
+    began = preset in ("avae-khan-mnist", "began-star-mnist")
+    network = model.discriminator if began else model.discriminator.features  # AC-GAN's heads share the features
+    network.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    x = torch.rand(4, 1, 28, 28) * 0.5 + 0.5  # no zero pixel, on either scale: a cutout shows as a 14 x 14 zero square
+    if began:
+        t = model.losses(x)
+        real_seen = seen[0][: len(x)]
+        with torch.no_grad():  # L_d: how well D auto-encodes the real images as it saw them, transformed
+            assert t["L_d"].item() == pytest.approx(float((real_seen - model.discriminator(real_seen)[1]).abs().mean()),
+                                                    rel=1e-5)
+    else:
+        ctx = UpdateContext(model.configure_optimizers(), {}, 1, None, "cpu")
+        model.training_step({"x": x, "y": torch.arange(4)}, ctx)
+    images = torch.cat(seen)[: 2 * len(x)]  # the real images and the first generated ones
+    assert images.eq(0).flatten(1).sum(1).eq(14 * 14).all()
+    assert built_model(preset).config.augment == ""  # a switch on these: not measured
+
+
 def test_the_adaptive_probability_follows_the_sign_of_r_t_minus_the_target():
     ada = AdaptiveProbability(target=0.6, speed_images=1000, interval=4)
     assert [ada.observe(1.0, 50) for _ in range(4)] == [0.0, 0.0, 0.0, 0.2]  # 200 images of 1,000 after 4 steps

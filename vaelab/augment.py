@@ -39,6 +39,21 @@ def parse_policy(policy: str) -> list[str]:
     return names
 
 
+def validate_augment(cfg) -> None:
+    """The checks of the settings every model with a discriminator or critic carries in its config: ``augment`` (a
+    policy), ``augment_probability`` (in [0, 1]) and ``augment_below_images`` (vaelab/training/data_size.py)."""
+    parse_policy(cfg.augment)
+    if not 0.0 <= cfg.augment_probability <= 1.0:
+        raise ConfigError(f"model.augment_probability must lie in [0, 1], got {cfg.augment_probability}")
+    if cfg.augment_below_images is not None and cfg.augment_below_images < 1:
+        raise ConfigError(f"model.augment_below_images must be >= 1 (or null), got {cfg.augment_below_images}")
+
+
+def as_configured(images: torch.Tensor, cfg, pairs: int = 1) -> torch.Tensor:
+    """``images`` as a model's discriminator sees them: transformed by ``cfg.augment`` (unchanged where it is empty)."""
+    return diff_augment(images, cfg.augment, cfg.augment_probability, pairs) if cfg.augment else images
+
+
 def diff_augment(x: torch.Tensor, policy: str, probability: float = 1.0, pairs: int = 1) -> torch.Tensor:
     """x (pairs * B, C, H, W) in [0, 1] -> the same shape, each image transformed by ``policy`` (see the module
     docstring); differentiable in x. Random numbers come from torch's global generator."""
@@ -120,4 +135,4 @@ class AdaptiveProbability:
         self.p, self.signs, self.images, self.steps = (state["p"], state["signs"], state["images"], state["steps"])
 
 
-__all__ = ["AdaptiveProbability", "TRANSFORMS", "diff_augment", "parse_policy"]
+__all__ = ["AdaptiveProbability", "TRANSFORMS", "as_configured", "diff_augment", "parse_policy", "validate_augment"]

@@ -38,6 +38,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..augment import as_configured, validate_augment
 from ..errors import ConfigError
 from ..losses import kl_standard_normal, log_normal
 from .base import GaussianLatentModel, GenerativeModel
@@ -165,6 +166,11 @@ class AVAEConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     logvar_min: float = -30.0
     logvar_max: float = 20.0
+    # DiffAugment policy on every image the discriminator sees, real and generated alike (vaelab/augment.py; ""
+    # off), the share of images transformed, and the training-split size below which it applies (None: any)
+    augment: str = ""
+    augment_probability: float = 1.0
+    augment_below_images: int | None = None
 
     def validate(self) -> None:
         validate_began_controlled(self)
@@ -177,6 +183,7 @@ class AVAEConfig:
 
 def validate_began_controlled(c) -> None:
     """The checks AVAEConfig and BEGANStarConfig share: the controller, the sizes, the rates and the margin."""
+    validate_augment(c)
     if len(c.lambdas) != 3:
         raise ConfigError(f"model.lambdas must be three numbers (l1, l2, l3), got {c.lambdas}")
     if c.latent_dim < 1 or c.filters < 1:
@@ -259,15 +266,19 @@ class AVAE(_BeganControlled, GaussianLatentModel):
         # learned to tell the two apart (reconstructions fine, every prior sample one digit; RESULTS.md)
         z_post, z_prior = self.reparameterize(mu, logvar), torch.randn_like(mu)
         x_v, x_g = self.decoder(torch.cat([z_post, z_prior])).split(b)
-        codes, ae = self.discriminator(torch.cat([x, x_v, x_g]))
+        # model.augment: the discriminator sees (and auto-encodes) transformed images; x and x_v alike, since L_s
+        # compares their codes
+        s_x, s_v = as_configured(torch.cat([x, x_v]), c, pairs=2).split(b)
+        s_g = as_configured(x_g, c)
+        codes, ae = self.discriminator(torch.cat([s_x, s_v, s_g]))
         (z_d, z_v, code_g), (ae_x, ae_v, ae_g) = codes.split(b), ae.split(b)
         kl = kl_standard_normal(mu, logvar)
         t = {
             "L_e": l1(x, x_v),
             "L_n": (kl / c.latent_dim if c.kl_reduction == "mean" else kl).mean(),
-            "L_d": l1(x, ae_x),
-            "L_g": l1(x_g, ae_g),
-            "L_v": l1(x_v, ae_v),
+            "L_d": l1(s_x, ae_x),
+            "L_g": l1(s_g, ae_g),
+            "L_v": l1(s_v, ae_v),
             "L_s": l1(z_d, z_v),
             "L_pt": pull_away(code_g),
         }
@@ -314,6 +325,11 @@ class BEGANStarConfig:
     lr: float = 5e-5
     discriminator_lr: float | None = None  # None: lr, as in the paper
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    # DiffAugment policy on every image the discriminator sees, real and generated alike (vaelab/augment.py; ""
+    # off), the share of images transformed, and the training-split size below which it applies (None: any)
+    augment: str = ""
+    augment_probability: float = 1.0
+    augment_below_images: int | None = None
 
     def validate(self) -> None:
         validate_began_controlled(self)
@@ -344,9 +360,10 @@ class BEGANStar(_BeganControlled, GenerativeModel):
         c = self.config
         x = to_signed(x)
         x_g = self.generator(torch.randn(x.shape[0], c.latent_dim, device=x.device))
-        codes, ae = self.discriminator(torch.cat([x, x_g]))
-        ae_x, ae_g = ae.split(x.shape[0])
-        t = {"L_d": l1(x, ae_x), "L_g": l1(x_g, ae_g), "L_pt": pull_away(codes[x.shape[0]:])}
+        seen = as_configured(torch.cat([x, x_g]), c)  # model.augment: D auto-encodes the transformed images
+        codes, ae = self.discriminator(seen)
+        (s_x, s_g), (ae_x, ae_g) = seen.split(x.shape[0]), ae.split(x.shape[0])
+        t = {"L_d": l1(s_x, ae_x), "L_g": l1(s_g, ae_g), "L_pt": pull_away(codes[x.shape[0]:])}
         t["L_G"] = t["L_g"] + c.pull_away_weight * t["L_pt"]
         t["L_dis"] = t["L_d"] - self.controller.k * self._fake_term(t["L_g"])
         balance = c.eta * t["L_d"] - t["L_g"]

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import as_configured, validate_augment
 from ..errors import ConfigError
 from ..losses import (gradient_penalty, non_saturating_d_loss, non_saturating_g_loss, wasserstein_critic_loss,
                       wasserstein_g_loss)
@@ -40,8 +41,14 @@ class DCGANConfig:
     discriminator_norm: str = "batch"  # batch | none
     lr: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    # DiffAugment policy on every image the discriminator sees, real and generated alike (vaelab/augment.py; ""
+    # off), the share of images transformed, and the training-split size below which it applies (None: any)
+    augment: str = ""
+    augment_probability: float = 1.0
+    augment_below_images: int | None = None
 
     def validate(self) -> None:
+        validate_augment(self)
         if self.latent_dim < 1:
             raise ConfigError(f"model.latent_dim must be at least 1, got {self.latent_dim}")
         if self.discriminator_norm not in ("batch", "none"):
@@ -134,11 +141,13 @@ class DCGAN(GenerativeModel):
         y_real = batch["y"] if self.is_conditional else None
         y_fake = torch.randint(self.config.num_classes, (b,), device=real.device) if self.is_conditional else None
         fake = self.generate(torch.randn(b, self.config.latent_dim, device=real.device), y_fake)
-        d = self.discriminator_loss(real, fake.detach(), y_real, y_fake)
+        # the discriminator sees both transformed by model.augment (the gradient penalty's interpolates too)
+        d = self.discriminator_loss(as_configured(real, self.config), as_configured(fake.detach(), self.config),
+                                    y_real, y_fake)
         ctx.update(d["d_loss"], "discriminator", d)
         out = {k: v.detach() for k, v in d.items()}
         if self.generator_updates_at(ctx.step):
-            g = self.generator_loss(fake, y_fake)
+            g = self.generator_loss(as_configured(fake, self.config), y_fake)
             ctx.update(g["g_loss"], "generator", g)
             out.update({k: v.detach() for k, v in g.items()})
         return out

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..augment import diff_augment, parse_policy
+from ..augment import as_configured, validate_augment
 from ..errors import ConfigError
 from ..losses import (bernoulli_nll, gaussian_nll, gradient_penalty, kl_standard_normal, wasserstein_critic_loss,
                       wasserstein_g_loss)
@@ -58,11 +58,7 @@ class GVAEConfig:
     augment_below_images: int | None = None
 
     def validate(self) -> None:
-        parse_policy(self.augment)
-        if self.augment_below_images is not None and self.augment_below_images < 1:
-            raise ConfigError(f"model.augment_below_images must be >= 1 (or null), got {self.augment_below_images}")
-        if not 0.0 <= self.augment_probability <= 1.0:
-            raise ConfigError(f"model.augment_probability must lie in [0, 1], got {self.augment_probability}")
+        validate_augment(self)
         if len(self.generator_widths) != 3:
             raise ConfigError("model.generator_widths must list the three widths of Table 1, e.g. [256, 128, 64]")
         if self.image_size is not None and self.image_size % 4:
@@ -151,8 +147,7 @@ class GVAE(GaussianLatentModel):
 
     def _seen(self, images: torch.Tensor) -> torch.Tensor:
         """The images as the critic sees them: transformed by model.augment (DiffAugment), each on its own."""
-        c = self.config
-        return diff_augment(images, c.augment, c.augment_probability) if c.augment else images
+        return as_configured(images, self.config)
 
     def critic_loss(self, x: torch.Tensor, x_tilde: torch.Tensor, x_p: torch.Tensor) -> dict[str, torch.Tensor]:
         """WGAN-GP critic loss (Gulrajani et al. eq. 3) with both fakes; the penalty on random interpolates of the

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..augment import AdaptiveProbability, diff_augment, parse_policy
+from ..augment import AdaptiveProbability, diff_augment, validate_augment
 from ..errors import ConfigError
 from ..losses import kl_standard_normal, logit_bce
 from .base import GaussianLatentModel
@@ -54,11 +54,7 @@ class VAEGANConfig:
     augment_below_images: int | None = None
 
     def validate(self) -> None:
-        parse_policy(self.augment)
-        if self.augment_below_images is not None and self.augment_below_images < 1:
-            raise ConfigError(f"model.augment_below_images must be >= 1 (or null), got {self.augment_below_images}")
-        if not 0.0 <= self.augment_probability <= 1.0:
-            raise ConfigError(f"model.augment_probability must lie in [0, 1], got {self.augment_probability}")
+        validate_augment(self)
         if self.augment_target is not None:
             if not self.augment:
                 raise ConfigError("model.augment_target adapts the strength of model.augment, which is empty; set "
