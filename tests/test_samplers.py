@@ -264,8 +264,9 @@ def test_where_no_candidate_reaches_the_validation_images_the_fit_tries_wider_sp
     monkeypatch.setattr(samplers, "MEMORISATION_FLOOR", 0.0)  # every candidate reaches both references
     assert spreads(samplers.fit_sampler(run, components=[10], progress=False)) == [1.0, 1.2]
     monkeypatch.setattr(samplers, "MEMORISATION_FLOOR", 100.0)  # none does: the wider spreads are judged too
-    wide = samplers.fit_sampler(run, components=[10], progress=False)
-    assert spreads(wide) == [1.0, 1.2, 1.5, 2.0]
+    wide = samplers.fit_sampler(run, components=[20, 10], progress=False)
+    rows = [(row["components"], row["spread"]) for row in wide.settings["selection"]]
+    assert rows == [(20, 1.0), (20, 1.2), (10, 1.0), (10, 1.2), (10, 1.5), (10, 2.0)]  # wider: the smallest mixture
     assert wide.settings["chosen"]["validation_fid"] == min(r["validation_fid"] for r in wide.settings["selection"])
     # spreads the user names are the candidates, all of them and only them
     assert spreads(samplers.fit_sampler(run, components=[10], spreads=[1.0], progress=False)) == [1.0]
