@@ -64,6 +64,14 @@ def measure(run: Path, kind: str, fit: bool = True) -> dict:
             "label_accuracy": label_accuracy(run, kind)}
 
 
+def emit(row: dict, out: Path | None) -> None:
+    """Print a result row as JSON and append it to ``out`` (JSON lines) where given."""
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 def mean_sd(values: list[float], fmt: str) -> str:
     if len(values) == 1:
         return fmt.format(values[0])
@@ -84,10 +92,7 @@ def main() -> None:
         for kind in args.samplers:
             row[kind] = measure(run, kind, fit=not args.no_refit)
         rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+        emit(row, args.out)
     print("| run | sampler | FID | KID | precision | recall | coverage | density | memorisation (pixels / features) "
           "| floor | label acc. | fit s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from sampler_gain import mean_sd  # benchmarks/ is the script's folder
+from sampler_gain import emit, mean_sd  # benchmarks/ is the script's folder
 
 
 def write_folder(n: int, root: Path) -> Path:
@@ -127,10 +127,7 @@ def main() -> None:
                 row = {"preset": preset, "size": size, "seed": seed, "sets": args.sets, "tag": args.tag,
                        "wall_s": time.perf_counter() - start, **score(run, args.sampler, args.weights)}
                 rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.out:
-                    with open(args.out, "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
+                emit(row, args.out)
     print("| preset | images | seeds | FID | precision | recall | coverage | classes | memorisation px | kept epoch "
           "/ epochs | train s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

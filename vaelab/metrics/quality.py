@@ -30,7 +30,6 @@ from . import features as feats
 from . import samples as sm
 
 
-
 class SampleQuality:
     """score(model) -> FID of ``n`` samples against up to ``n`` fixed validation images (lower is better), or None when
     the validation split has too few images for a covariance (then no epoch can be chosen: the run keeps its last

@@ -153,7 +153,8 @@ class VAEGAN(GaussianLatentModel):
         t["decoder_loss"] = self.config.gamma * t["llike"] + t["g_gan"]
         t["d_real"] = torch.sigmoid(d_real.detach().float()).mean()
         t["d_fake"] = torch.sigmoid(d_p.detach().float()).mean()
-        t["d_real_sign"] = torch.sign(d_real.detach().float()).mean()  # adaptive augmentation's r_t
+        if self.adaptive is not None:  # its r_t
+            t["d_real_sign"] = torch.sign(d_real.detach().float()).mean()
         return t
 
     def training_step(self, batch, ctx):

@@ -67,5 +67,5 @@ def describe_augmentation(decision: dict) -> str:
     verdict = "on" if decision["applied"] else "off"
     why = "fewer" if decision["applied"] else "not fewer"
     return (f"discriminator augmentation ({decision['augment']}) {verdict}: {decision['train_images']} training "
-            f"images, {why} than model.augment_below_images={decision['below_images']:,} (measured to help below that size, "
-            f"benchmarks/RESULTS.md; --set model.augment_below_images=null keeps model.augment as set)")
+            f"images, {why} than model.augment_below_images={decision['below_images']:,} (measured to help below "
+            f"that size, benchmarks/RESULTS.md; --set model.augment_below_images=null keeps model.augment as set)")

@@ -111,16 +111,13 @@ class Trainer:
                 self.run.best_weights_path.unlink(missing_ok=True)
                 self.run.best_info_path.unlink(missing_ok=True)
             self.run.write_config(cfg)
-            if self.size_scaling is not None:
-                message = describe_scaling(self.size_scaling)
-                if self.progress:
-                    print(message, flush=True)
-                self.log({"event": "size_scaling", "step": 0, "message": message, **self.size_scaling})
-            if self.augmentation is not None:
-                message = describe_augmentation(self.augmentation)
-                if self.progress:
-                    print(message, flush=True)
-                self.log({"event": "augmentation", "step": 0, "message": message, **self.augmentation})
+            for event, decision, say in (("size_scaling", self.size_scaling, describe_scaling),
+                                         ("augmentation", self.augmentation, describe_augmentation)):
+                if decision is not None:  # what the data's size changed, said once at the start
+                    message = say(decision)
+                    if self.progress:
+                        print(message, flush=True)
+                    self.log({"event": event, "step": 0, "message": message, **decision})
             if t.trackers:  # a tracker that cannot be reached stops the run here, before any training
                 from ..tracking import Trackers
 
