@@ -174,7 +174,7 @@ def test_labels_csv(tmp_path):
 
 def test_large_folder_streams_through_dataloader(odd_folder):
     with pytest.warns(UserWarning):
-        data = load_data(DataConfig(name=f"folder:{odd_folder}", image_size=8, in_memory_limit_gb=1e-9))
+        data = load_data(DataConfig(name=f"folder:{odd_folder}", image_size=8, in_memory_limit_gb=1e-9, cache=False))
     assert data.train.images is None and data.train.stream is not None
     batches = epoch_batches(len(data.train), 2, seed=0, epoch=0, drop_last=False)
     with pytest.warns(UserWarning, match="skipping unreadable image"):

@@ -47,33 +47,72 @@ NETWORK_FITS = {"flow": fit_flow, "two-stage": fit_two_stage}
 
 
 def _fit_network(kind, codes, which=None, seed=0):
-    """A small network sampler fitted on codes (N, 2) (per class with ``which``), the epoch kept on held-out codes."""
+    """A small network sampler fitted on codes (N, 2) (per class with ``which``), the epoch kept on held-out codes.
+    Its length is set in epochs and optimizer steps alone (no wall-clock cap: a busy or slower CPU must not stop it
+    elsewhere); the flow converges within 100 epochs here, the second stage needs fit_network's 2,000 steps."""
     names = ["a", "b", "c"] if which is not None else None
     val, val_which, _ = _known_mixture(500, seed=seed + 1)
-    small = {"hidden": (64, 64)} if kind == "flow" else {"width": 128}
+    small = {"hidden": (64, 64), "max_epochs": 100} if kind == "flow" else {"width": 128, "max_epochs": 400}
     return NETWORK_FITS[kind](codes, which, names, val, val_which if which is not None else None, seed=seed,
-                              max_epochs=100, patience=20, max_seconds=60, **small)
+                              patience=20, max_seconds=3600, **small)
+
+
+def network_recovery(kind: str, seed: int = 0) -> dict:
+    """What a network sampler fitted on 1,500 codes of ``_known_mixture`` recovers of it: the share of 4,000 draws
+    near a mode (within 2.0 of a mean: ~2.5-6 of each Gaussian's own scale, the means 7-8 apart), each mode's share
+    of them relative to its weight (worst |share / weight - 1|), the worst distance of a mode's draws' mean from its
+    true mean as a fraction of the closest two means' separation, and a per-class fit's share of class-2 draws
+    nearest mode 2. ``seed`` changes the codes and the fit (the test: 0)."""
+    codes, which, means = _known_mixture(1500, seed=0 if seed == 0 else 100 + seed)
+    fitted = _fit_network(kind, codes, seed=seed)
+    draws = fitted.sample(4000, generator=torch.Generator().manual_seed(1 + seed))
+    distance, nearest = torch.cdist(draws, means).min(1)
+    near = distance < 2.0
+    shares = torch.bincount(nearest[near], minlength=3) / float(near.sum().clamp_min(1))
+    centres = torch.stack([draws[near & (nearest == j)].mean(0) if (near & (nearest == j)).any()
+                           else torch.full((2,), float("inf")) for j in range(3)])
+    separation = float(torch.pdist(means).min())
+    per_class = _fit_network(kind, codes, which, seed=seed)
+    asked = per_class.sample(300, y=torch.full((300,), 2), generator=torch.Generator().manual_seed(2 + seed))
+    return {"near": float(near.float().mean()),
+            "share_error": float((shares / torch.tensor([0.5, 0.3, 0.2]) - 1).abs().max()),
+            "centre_error": float((centres - means).norm(dim=1).max()) / separation,
+            "class_accuracy": float((torch.cdist(asked, means).argmin(1) == 2).float().mean())}
+
+
+# The bounds of test_a_network_sampler_fitted_on_codes_of_a_known_mixture_recovers_it, each at least 3 standard
+# deviations from its mean over 10 seeds of codes and fit (benchmarks/test_margins.py; Intel Xeon with AMX, fp32:
+# these fits never autocast). The second stage maps one Gaussian onto three separate modes through a continuous
+# decoder, so it leaves more draws in the gaps and weighs the modes more loosely than the flow.
+RECOVERY_BOUNDS = {  # name: (bound, "min" or "max", the mean +- sd over 10 seeds it was set from)
+    "flow": {"near": (0.90, "min", "0.946 +- 0.013"), "share_error": (0.45, "max", "0.165 +- 0.073"),
+             "centre_error": (0.1, "max", "0.016 +- 0.006"), "class_accuracy": (0.95, "min", "1.000 +- 0")},
+    "two-stage": {"near": (0.80, "min", "0.916 +- 0.015"), "share_error": (0.5, "max", "0.137 +- 0.083"),
+                  "centre_error": (0.1, "max", "0.032 +- 0.010"), "class_accuracy": (0.95, "min", "1.000 +- 0")},
+}
 
 
 @pytest.mark.parametrize("kind", sorted(NETWORK_FITS))
 def test_a_network_sampler_fitted_on_codes_of_a_known_mixture_recovers_it(kind):
-    """The flow and the second-stage VAE, unconditional: their draws fall around the three means in the mixture's
-    proportions (few in the gaps between them); conditional on the component: each class drawn from its own. (The
-    second stage maps one Gaussian onto three separate modes through a continuous decoder, so it leaves more draws
-    in the gaps: 13% against the flow's 4% here.)"""
-    codes, which, means = _known_mixture(1500)
-    fitted = _fit_network(kind, codes)
-    draws = fitted.sample(4000, generator=torch.Generator().manual_seed(1))
-    distance, nearest = torch.cdist(draws, means).min(1)
-    near = distance < 2.0  # within ~2.5-6 of each Gaussian's own scale; the gaps between the means are 7 wide
-    assert near.float().mean() > (0.92 if kind == "flow" else 0.8), kind
-    shares = torch.bincount(nearest[near], minlength=3) / float(near.sum())
-    assert torch.allclose(shares, torch.tensor([0.5, 0.3, 0.2]), atol=0.06), (kind, shares)
-    centres = torch.stack([draws[near & (nearest == j)].mean(0) for j in range(3)])
-    assert torch.allclose(centres, means, atol=0.3), (kind, centres)
-    per_class = _fit_network(kind, codes, which)
-    asked = per_class.sample(300, y=torch.full((300,), 2), generator=torch.Generator().manual_seed(2))
-    assert (torch.cdist(asked, means).argmin(1) == 2).float().mean() > 0.95, kind
+    """The flow and the second-stage VAE, unconditional: their draws fall around the three means (few in the gaps
+    between them), each mode neither dropped nor doubled, centred within a tenth of the modes' separation;
+    conditional on the component: each class drawn from its own (RECOVERY_BOUNDS)."""
+    measured = network_recovery(kind)
+    for name, (bound, side, _) in RECOVERY_BOUNDS[kind].items():
+        assert (measured[name] >= bound) if side == "min" else (measured[name] <= bound), (kind, name, measured)
+
+
+def test_the_second_stage_does_not_stop_on_its_starting_plateau():
+    """Fit seed 1 on these codes sits on the collapsed start (validation loss flat near 1.03) for ~20 epochs of 6
+    steps; with a patience of 20 epochs and no floor on the steps it stopped at epoch 23 and drew nothing near any
+    mode (issue 41). The fit now trains at least fit_network's min_steps before it may stop."""
+    codes, _, means = _known_mixture(1500)
+    val, _, _ = _known_mixture(500, seed=1)
+    fitted = fit_two_stage(codes, None, None, val, None, seed=1, width=128, max_epochs=400, patience=20,
+                           max_seconds=3600)
+    assert fitted.settings["epochs"] * 6 >= 2000
+    draws = fitted.sample(2000, generator=torch.Generator().manual_seed(0))
+    assert (torch.cdist(draws, means).min(1).values < 2.0).float().mean() > 0.8
 
 
 def test_the_spread_scales_the_draws_around_each_component():

@@ -45,7 +45,11 @@ class DataConfig:
     # best epoch, a sampler's settings, a preset's knobs) is made on it, and the test split is only reported
     # (mnist5k: 500 of its 4,000 training images). 0: no validation split (the run keeps its last weights)
     validation_fraction: float = 0.125
-    in_memory_limit_gb: float = 2.0  # datasets smaller than this (as uint8) are decoded once into a tensor
+    # folders: decode once into the on-disk pixel cache that every later run and verb memory-maps (vaelab/data/
+    # pixel_cache.py; `vaelab cache` lists and clears it); false: decode at every load, held in memory below
+    # in_memory_limit_gb and decoded per batch above it
+    cache: bool = True
+    in_memory_limit_gb: float = 2.0  # uncached folders smaller than this (as uint8) are decoded once into a tensor
     num_workers: int = 2  # DataLoader workers for datasets that stream from disk
 
 

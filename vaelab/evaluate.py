@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from .data import SPLITS, first_images, load_data
+from .data import SPLITS, load_data
 from .errors import VaelabError
 from .metrics import features as feats
 from .metrics import samples as sm
@@ -24,86 +24,160 @@ from .metrics.likelihood import likelihood_metrics
 from .processes import barrier, is_main_process, join_processes, launched_processes, map_chunks, rank_and_world, stream_seed
 from .run import RunFolder, atomic_write_text
 from .samplers import load
-from .sampling import reconstruct_all
 
 
-def _resolve_features(specs: list[str], run_cfg, data, inception_weights, download, progress) -> list:
+def _resolve_features(specs: list[str], run_cfg, data, inception_weights, download, progress, device) -> list:
     extractors = []
     for spec in specs:
         if spec == "auto":
             if data.train.labels is not None and data.num_classes >= 2:
                 if is_main_process():
-                    feats.cached_classifier(data, run_cfg.data, progress)
+                    feats.cached_classifier(data, run_cfg.data, progress, device)
                 barrier()  # the other processes load what the main process trained
                 folder = feats.classifier_folder_for(run_cfg.data)
-                extractors.append(feats.ClassifierExtractor(folder))
+                extractors.append(feats.ClassifierExtractor(folder, device))
             if feats.inception_weights_path(inception_weights) is not None or download:
-                extractors.append(feats.InceptionExtractor(inception_weights, download))
+                extractors.append(feats.InceptionExtractor(inception_weights, download, device))
         else:
-            extractors.append(feats.make_extractor(spec, inception_weights, download))
+            extractors.append(feats.make_extractor(spec, inception_weights, download, device))
     return extractors
 
 
-@torch.no_grad()
-def generate(model, n: int, seed: int, num_classes: int, batch: int = 500, stream: str = "evaluate_samples"):
+def generate(model, n: int, seed: int, num_classes: int, stream: str = "evaluate_samples"):
     """n samples (float (n, C, H, W) in [0, 1]) and their labels for conditional models (uniform over classes).
 
-    Chunks of ``batch`` are seeded by their index in seed stream ``stream`` (never the training-time score's draws)
+    Chunks of ``CHUNK`` are seeded by their index in seed stream ``stream`` (never the training-time score's draws)
     and split across processes under torchrun (every process gets all n, the same set as one process draws)."""
     labels = torch.arange(n) % num_classes if model.is_conditional else None
-
-    def chunk(i: int) -> torch.Tensor:
-        y = None if labels is None else labels[i * batch : (i + 1) * batch].to(model.device)
-        gen = torch.Generator().manual_seed(stream_seed(stream, seed, i))
-        return model.sample(min(batch, n - i * batch), y=y, generator=gen).float().cpu()
-
-    return torch.cat(map_chunks(chunk, math.ceil(n / batch))), labels
+    return torch.cat(map_chunks(_sample_maker(model, n, seed, num_classes, stream), math.ceil(n / CHUNK))), labels
 
 
-@torch.no_grad()
-def embed(extractor, x: torch.Tensor, batch: int = 250) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(features (N, d), logits (N, K) or None) of images x in one pass, split across processes under torchrun."""
-    parts = map_chunks(lambda i: extractor.embed(x[i * batch : (i + 1) * batch]), math.ceil(len(x) / batch))
-    features = torch.cat([f for f, _ in parts])
-    return features, (torch.cat([l for _, l in parts]) if extractor.has_logits else None)
+UTILITY_IMAGES = 20_000  # generated images the utility's classifiers train on at most (their steps are capped too)
 
 
-def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10, generated=None) -> dict:
+def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10, generated=None,
+                      split: str = "test") -> dict:
     """Classification accuracy score (train on generated, test on real) and the augmentation gain of generated
-    data over a 10% real subset, for conditional models on labelled data (Ravuri & Vinyals 2019).
+    data over a 10% real subset, for conditional models on labelled data (Ravuri & Vinyals 2019), measured on the
+    evaluated ``split``'s images.
 
-    ``generated``: (images, labels) from ``generate(model, len(train), seed, classes, stream="utility")``, drawn here
-    if None."""
+    ``generated``: (uint8 images, labels) from ``generate_uint8(model, min(len(train), UTILITY_IMAGES), seed,
+    classes, stream="utility")``, drawn here if None. The real images are read a batch at a time."""
+    from .data.splits import ImageSet, _take
+
     k = data.num_classes
-    x_train, y_train = first_images(data.train, len(data.train)), data.train.labels
-    x_test, y_test = first_images(data.test, len(data.test)), data.test.labels
-    fake, fake_y = generated or generate(model, len(x_train), seed, k, stream="utility")
-    steps_per_epoch = max(1, len(x_train) // 128)
+    real, test = data.train, data.split(split)
+    fake_pixels, fake_y = generated or generate_uint8(model, min(len(real), UTILITY_IMAGES), seed, k,
+                                                      stream="utility")
+    fake = ImageSet(images=fake_pixels, labels=fake_y)
+    steps_per_epoch = max(1, len(real) // 128)
 
-    def fit(x, y):  # the same number of optimizer steps for every training set, however small
-        rounds = max(1, math.ceil(epochs * steps_per_epoch / max(1, len(x) // 128)))
-        return feats.train_classifier(x, y, k, epochs=rounds, seed=seed, x_test=x_test, y_test=y_test)[1]["test_accuracy"]
+    def fit(images):  # the same number of optimizer steps for every training set, however small
+        rounds = max(1, math.ceil(epochs * steps_per_epoch / max(1, len(images) // 128)))
+        return feats.train_classifier(images, images.labels, k, epochs=rounds, seed=seed, x_test=test,
+                                      y_test=test.labels, device=model.device)[1]["test_accuracy"]
 
     gen = torch.Generator().manual_seed(seed)
-    subset = torch.randperm(len(x_train), generator=gen)[: max(k, len(x_train) // 10)]
+    subset = _take(real, torch.randperm(len(real), generator=gen)[: max(k, len(real) // 10)].numpy())
+    small_pixels = subset.take(torch.arange(len(subset))).cpu()
+    augmented = ImageSet(images=torch.cat([small_pixels, fake_pixels]), labels=torch.cat([subset.labels, fake_y]))
     if progress:
         print("synthetic-data utility: training 4 classifiers", flush=True)
-    real_acc = fit(x_train, y_train)
-    cas = fit(fake, fake_y)
-    small = fit(x_train[subset], y_train[subset])
-    augmented = fit(torch.cat([x_train[subset], fake]), torch.cat([y_train[subset], fake_y]))
+    real_acc = fit(real)
+    cas = fit(fake)
+    small = fit(subset)
+    plus = fit(augmented)
     return {
         "classification_accuracy_score": cas, "real_data_accuracy": real_acc,
-        "subset_10pct_accuracy": small, "subset_10pct_plus_generated_accuracy": augmented,
-        "augmentation_gain": augmented - small,
+        "subset_10pct_accuracy": small, "subset_10pct_plus_generated_accuracy": plus,
+        "augmentation_gain": plus - small,
         "settings": {"generated_images": len(fake), "subset_images": len(subset),
-                     "classifier_steps": epochs * steps_per_epoch,
-                     "test_images": len(x_test)},
+                     "classifier_steps": epochs * steps_per_epoch, "test_split": split,
+                     "test_images": min(len(test), feats.ACCURACY_IMAGES)},
     }
+
+
+def generate_uint8(model, n: int, seed: int, num_classes: int, stream: str = "utility"):
+    """``generate``'s draws held as uint8 (n, C, H, W) (a quarter of float32's memory) and their labels."""
+    make = _sample_maker(model, n, seed, num_classes, stream)
+    to_uint8 = lambda x: (x * 255).round().clamp(0, 255).to(torch.uint8)
+    labels = torch.arange(n) % num_classes if model.is_conditional else None
+    return torch.cat(map_chunks(lambda i: to_uint8(make(i)), math.ceil(n / CHUNK))), labels
 
 
 # Precision/recall's k-NN balls (k = 3) need k + 1 points in each set; FID, KID, MMD and MS-SSIM need 2
 MIN_SET_SIZE = 4
+# What evaluate holds, whatever the split's size (each recorded in metrics.json's "subsets"): features of every real
+# image and sample (FID, KID, IS and classes use them all), pixels of the first PIXEL_IMAGES of each set (MMD and
+# MS-SSIM on pixels, sharpness, the pixel memorisation check), PAIRWISE_IMAGES of each for the k-NN metrics
+# (precision/recall, density/coverage: quadratic in the images) and MMD_IMAGES for MMD in feature space; the
+# real-data floor and the feature memorisation check against TRAIN_IMAGES training images, the pixel check against
+# PIXEL_MEMORISATION_TRAIN (spread over the training split)
+CHUNK = 500
+PIXEL_IMAGES = 2_000
+PAIRWISE_IMAGES = 10_000
+MMD_IMAGES = 2_000
+TRAIN_IMAGES = 20_000
+PIXEL_MEMORISATION_TRAIN = 10_000
+
+
+def _split_reader(split, count: int, spaced: bool = False):
+    """i -> float (<= CHUNK, C, H, W) in [0, 1]: chunk i of the first ``count`` images of a split (``spaced``: of
+    ``count`` spread over it)."""
+    from .data import spaced_indices
+
+    idx = spaced_indices(len(split), count) if spaced else torch.arange(min(count, len(split)))
+    return lambda i: split.take(idx[i * CHUNK : (i + 1) * CHUNK]).float().cpu() / 255.0
+
+
+def _sample_maker(model, n: int, seed: int, num_classes: int, stream: str = "evaluate_samples"):
+    """i -> chunk i of ``generate(model, n, seed, num_classes, stream)``'s samples (a chunk at a time)."""
+    labels = torch.arange(n) % num_classes if model.is_conditional else None
+
+    @torch.no_grad()
+    def chunk(i: int) -> torch.Tensor:
+        y = None if labels is None else labels[i * CHUNK : (i + 1) * CHUNK].to(model.device)
+        gen = torch.Generator().manual_seed(stream_seed(stream, seed, i))
+        return model.sample(min(CHUNK, n - i * CHUNK), y=y, generator=gen).float().cpu()
+
+    return chunk
+
+
+def _reconstruction_maker(model, split):
+    """i -> the model's reconstructions of chunk i of a split (its posterior means decoded)."""
+    read = _split_reader(split, len(split))
+
+    @torch.no_grad()
+    def chunk(i: int) -> torch.Tensor:
+        x = read(i)
+        y = None if split.labels is None or not model.is_conditional else \
+            split.labels[i * CHUNK : i * CHUNK + len(x)].to(model.device)
+        return model.reconstruct(x.to(model.device), y).float().cpu()
+
+    return chunk
+
+
+def _embedded_stream(extractors: list, make_chunk, total: int, what: str | None, keep_pixels: int = PIXEL_IMAGES):
+    """Chunks ``make_chunk(i)`` of ``total`` images, split across processes under torchrun: per extractor (features
+    (total, d), logits (total, K) or None), and the pixels of the first ``keep_pixels`` images."""
+    from contextlib import nullcontext
+
+    from .progress import Phase
+
+    count = math.ceil(total / CHUNK)
+    with Phase(what, total) if what else nullcontext() as phase:
+        def compute(i: int):
+            x = make_chunk(i)
+            if phase is not None:
+                phase.advance(len(x))
+            return [ex.embed(x) for ex in extractors], (x if i * CHUNK < keep_pixels else None)
+
+        parts = map_chunks(compute, count)
+    embedded = [(torch.cat([p[0][j][0] for p in parts]) if parts else torch.zeros(0),
+                 torch.cat([p[0][j][1] for p in parts]) if parts and ex.has_logits else None)
+                for j, ex in enumerate(extractors)]
+    kept = [p[1] for p in parts if p[1] is not None]
+    return embedded, (torch.cat(kept)[:keep_pixels] if kept else torch.zeros(0))
 
 
 def _set_metrics(x_real: torch.Tensor, fake: torch.Tensor, n: int, seed: int) -> dict:
@@ -140,12 +214,13 @@ def _feature_metrics(embedded: dict, fake_labels, seed: int) -> dict:
             space["real_data_floor_fid"] = sm.fid(f_real, floor)
             space["memorisation"] = sm.memorisation(f_fake, train[0], f_real, None if recon is None else recon[0])
         space.update(sm.kid(f_real, f_fake, seed=seed))
-        space.update(sm.precision_recall(f_real, f_fake, k=3))
-        space["mmd"] = sm.mmd(f_real, f_fake)
+        pairwise = slice(0, PAIRWISE_IMAGES)  # k-NN balls are quadratic in the images: a stated subset
+        space.update(sm.precision_recall(f_real[pairwise], f_fake[pairwise], k=3))
+        space["mmd"] = sm.mmd(f_real[:MMD_IMAGES], f_fake[:MMD_IMAGES])
         if recon is not None:
             # rFID (as autoencoders are judged, e.g. Esser et al. 2021): the decoder's quality on codes the encoder
             # gives. A sample FID far above it points at the prior's coverage, not at the decoder
-            pr = sm.precision_recall(f_real, recon[0], k=3)
+            pr = sm.precision_recall(f_real[pairwise], recon[0][pairwise], k=3)
             space["reconstructions"] = {"fid": sm.fid(f_real, recon[0]), "precision": pr["precision"],
                                         "recall": pr["recall"]}
         if logits is not None:
@@ -183,52 +258,71 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
         raise VaelabError(f"the {split} split of {data.description} is empty (data.validation_fraction="
                           f"{cfg.data.validation_fraction}; runs made before vaelab held out validation images have "
                           f"none); evaluate --split test")
-    x_real = first_images(part, len(part))
     y_real = part.labels
-    n = num_samples or len(x_real)
+    n = num_samples or len(part)
     result: dict = {"run": str(run), "weights": model.weights_file, "model": model.registry_name,
                     "conditional": model.is_conditional,
                     "precision": "fp32",  # evaluation never autocasts, whatever the training precision was
                     "image_shape": list(model.image_shape),
                     "data": data.description, "split": split,
-                    "real_images": len(x_real), "samples": n, "seed": seed, "seed_stream": "evaluate_samples",
-                    "sampler": _sampler_record(model)}
+                    "real_images": len(part), "samples": n, "seed": seed, "seed_stream": "evaluate_samples",
+                    "sampler": _sampler_record(model),
+                    "subsets": {"pixel_metrics_images": min(PIXEL_IMAGES, len(part), n),
+                                "pairwise_feature_images": PAIRWISE_IMAGES, "mmd_images": MMD_IMAGES,
+                                "train_images_embedded": min(TRAIN_IMAGES, len(data.train)) if split != "train" else 0,
+                                "rule": "the first images of each set (real and samples alike); training images "
+                                        "spread evenly over the split"}}
 
     if model.has_encoder:
-        result["likelihood"] = likelihood_metrics(model, x_real, y_real, k=k, binarized=binarized, seed=seed,
+        result["likelihood"] = likelihood_metrics(model, part, k=k, binarized=binarized, seed=seed,
                                                   progress=progress)
 
-    fake, fake_labels = generate(model, n, seed, max(1, data.num_classes))
-    recon = reconstruct_all(model, x_real, y_real) if model.has_encoder else None
-    # the training images: the memorisation check's reference, and (as many as the real images) the real-data floor
-    x_train = first_images(data.train, len(data.train)) if split != "train" else None
-    embedded = {}
-    for extractor in _resolve_features(list(features), cfg, data, inception_weights, download, progress and main):
-        embedded[extractor] = (embed(extractor, x_real), embed(extractor, fake),
-                               None if recon is None else embed(extractor, recon),
-                               None if x_train is None else embed(extractor, x_train))
+    extractors = _resolve_features(list(features), cfg, data, inception_weights, download, progress and main,
+                                   model.device)
+    say = progress and main
+    # every set is read, drawn and embedded a chunk at a time; only features and a capped set of pixels are kept
+    real_emb, x_real = _embedded_stream(extractors, _split_reader(part, len(part)), len(part),
+                                        "embedding the real images" if say else None)
+    fake_emb, fake = _embedded_stream(extractors, _sample_maker(model, n, seed, max(1, data.num_classes)), n,
+                                      "drawing and embedding the samples" if say else None)
+    fake_labels = torch.arange(n) % max(1, data.num_classes) if model.is_conditional else None
+    recon_emb, recon = (None, None)
+    if model.has_encoder:
+        recon_emb, recon = _embedded_stream(extractors, _reconstruction_maker(model, part), len(part),
+                                            "reconstructing and embedding the real images" if say else None)
+    train_emb = None
+    if split != "train":  # the memorisation check's reference, and the real-data floor
+        count = min(TRAIN_IMAGES, len(data.train))
+        train_emb, _ = _embedded_stream(extractors, _split_reader(data.train, count, spaced=True), count,
+                                        "embedding the training images" if say else None, keep_pixels=0)
+    embedded = {ex: (real_emb[i], fake_emb[i], None if recon_emb is None else recon_emb[i],
+                     None if train_emb is None else train_emb[i]) for i, ex in enumerate(extractors)}
     generated = None
     if utility and model.is_conditional and data.train.labels is not None:
-        generated = generate(model, len(data.train), seed, data.num_classes, stream="utility")
+        generated = generate_uint8(model, min(len(data.train), UTILITY_IMAGES), seed, data.num_classes,
+                                   stream="utility")
     if not main:
         return None
 
     samples: dict = {"sharpness_samples": sm.sharpness(fake), "sharpness_real": sm.sharpness(x_real)}
-    if min(len(x_real), n) < MIN_SET_SIZE:
+    if min(len(part), n) < MIN_SET_SIZE:
         samples["skipped"] = (f"the set-level metrics (FID, KID, IS, MMD, MS-SSIM, precision/recall, classes) need at "
                               f"least {MIN_SET_SIZE} real images and {MIN_SET_SIZE} samples; the {split} split has "
-                              f"{len(x_real)} and {n} samples were drawn")
+                              f"{len(part)} and {n} samples were drawn")
         warnings.warn(samples["skipped"] + ": left out (evaluate a larger folder, or --split train)")
         embedded = {}
     else:
-        samples.update(_set_metrics(x_real, fake, n, seed))
-        if x_train is not None and len(x_train) >= 1:
-            samples["memorisation_pixels"] = sm.memorisation(fake, x_train, x_real, recon)
+        samples.update(_set_metrics(x_real, fake, len(fake), seed))
+        if split != "train" and len(data.train) >= 1:
+            count = min(PIXEL_MEMORISATION_TRAIN, len(data.train))
+            reader = _split_reader(data.train, count, spaced=True)
+            samples["memorisation_pixels"] = sm.memorisation(
+                fake, lambda: (reader(i) for i in range(math.ceil(count / CHUNK))), x_real, recon)
     samples["features"] = _feature_metrics(embedded, fake_labels, seed)
     result["sample_metrics"] = samples
 
     if generated is not None:
-        result["synthetic_utility"] = synthetic_utility(model, data, seed, progress, utility_epochs, generated)
+        result["synthetic_utility"] = synthetic_utility(model, data, seed, progress, utility_epochs, generated, split)
     result["seconds"] = time.perf_counter() - start
     result["processes"] = rank_and_world()[1]
 
@@ -301,6 +395,12 @@ def report_markdown(result: dict) -> str:
     lines = [f"# Evaluation of `{result['run']}`", "",
              f"Model `{result['model']}` on {result['data']}; {result['real_images']} real {result['split']} images, "
              f"{result['samples']} samples, seed {result['seed']}; {result['seconds']:.1f} s.", ""]
+    if "subsets" in result:
+        sub = result["subsets"]
+        lines += [f"Every real image and sample gives features (FID, KID, IS, classes); the pixel metrics use the "
+                  f"first {sub['pixel_metrics_images']:,} of each, precision/recall and density/coverage up to "
+                  f"{sub['pairwise_feature_images']:,}, MMD in features {sub['mmd_images']:,}, the real-data floor and "
+                  f"memorisation {sub['train_images_embedded']:,} training images.", ""]
     lik = result.get("likelihood")
     if lik:
         s = lik["settings"]

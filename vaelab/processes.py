@@ -92,12 +92,13 @@ def map_chunks(compute: Callable[[int], T], count: int) -> list[T]:
 
 
 SEED_STREAMS = {
-    "likelihood": 0,  # evaluate's importance samples and dequantisation noise
+    "likelihood": 0,  # the likelihood's importance samples
     "evaluate_samples": 1,  # evaluate's latent draws (the sample-side metrics)
     "best_weights": 2,  # the per-epoch best-weights score during training
     "grids": 3,  # the per-epoch sample grids
     "utility": 4,  # evaluate's synthetic-data utility draws
     "sampler_fit": 5,  # the draws that choose a latent sampler's settings (vaelab.samplers)
+    "pixel_noise": 6,  # the likelihood's dequantisation or binarisation noise, per batch
 }
 
 

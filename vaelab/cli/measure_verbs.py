@@ -82,3 +82,18 @@ def train_classifier_command(
     folder = out or classifier_folder_for(cfg)
     info = train_and_save_classifier(load_data(cfg), folder, epochs=epochs, seed=seed)
     typer.echo(f"test accuracy {info['test_accuracy']:.4f}; saved to {folder} (use --features classifier:{folder})")
+
+
+@app.command("cache")
+@user_errors
+def cache_command(clear: bool = typer.Option(False, "--clear", help="remove every cached folder (decoded again on its next use)")):
+    """List the folders whose decoded pixels are cached (each decoded once, memory-mapped by every run and verb)."""
+    from ..data.pixel_cache import cache_entries, clear_cache, pixel_cache_root
+
+    entries = clear_cache() if clear else cache_entries()
+    for item in entries:
+        shape = "x".join(map(str, item["shape"])) if item["shape"] else "incomplete"
+        typer.echo(f"{'removed ' if clear else ''}{item['root']}: {shape} uint8, {item['bytes'] / 2**20:,.1f} MiB "
+                   f"({item['entry']})")
+    if not entries:
+        typer.echo(f"no cached folders in {pixel_cache_root()}")

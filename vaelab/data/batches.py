@@ -36,6 +36,15 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
 def iterate_batches(data: ImageSet, batches: list[torch.Tensor], device: torch.device,
                     num_workers: int = 0) -> Iterator[dict]:
     """Yield ``{"x": float32 (B, C, H, W) in [0, 1], "y": int64 (B,) or None, "index": (B,)}``."""
+    if data.rows is not None:  # rows of a shared (memory-mapped) tensor: gathered as uint8, converted on the device
+        pin = device.type == "cuda" and data.images.device.type == "cpu"
+        for idx in batches:
+            x = data.take(idx)
+            x = (x.pin_memory() if pin else x).to(device, non_blocking=True)
+            yield {"x": x.float().div_(255.0),
+                   "y": None if data.labels is None else data.labels[idx].to(device),
+                   "index": idx}
+        return
     if data.images is not None:
         images = data.images if data.images.device == device else data.images.to(device)
         labels = None if data.labels is None else data.labels.to(device)
@@ -72,14 +81,19 @@ def spaced_images(data: ImageSet, n: int) -> tuple[torch.Tensor, torch.Tensor | 
     it: the first 500 training images of mnist5k are 400 zeros and 100 ones."""
     idx = spaced_indices(len(data), n)
     labels = None if data.labels is None else data.labels[idx]
-    if data.images is not None:
-        return data.images[idx].float() / 255.0, labels
-    return torch.stack([data.stream[int(i)][0] for i in idx]).float() / 255.0, labels
+    return data.take(idx).float() / 255.0, labels
 
 
 def first_images(data: ImageSet, n: int) -> torch.Tensor:
     """The first ``n`` images of a split as float32 (n, C, H, W) in [0, 1]."""
-    n = min(n, len(data))
-    if data.images is not None:
-        return data.images[:n].float() / 255.0
-    return torch.stack([data.stream[i][0] for i in range(n)]).float() / 255.0
+    return data.take(torch.arange(min(n, len(data)))).float() / 255.0
+
+
+def image_chunks(data: ImageSet, n: int | None = None, chunk: int = 500, spaced: bool = False):
+    """The first ``n`` images of a split (all when None; ``spaced``: ``n`` spread evenly over it) as float32 chunks
+    (k, C, H, W) in [0, 1] with their labels (k,) or None: a split measured in pieces, never held as floats whole."""
+    total = len(data) if n is None else min(n, len(data))
+    idx = spaced_indices(len(data), total) if spaced else torch.arange(total)
+    for start in range(0, total, chunk):
+        part = idx[start : start + chunk]
+        yield data.take(part).float() / 255.0, None if data.labels is None else data.labels[part]

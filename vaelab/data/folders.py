@@ -1,5 +1,6 @@
 """Any folder of images as a dataset: subfolders become classes, a labels CSV adds labels or attributes, every
-5th file is a test image; held in memory when it fits, decoded per batch otherwise."""
+5th file is a test image. Decoded once into the pixel cache and memory-mapped from there (``pixel_cache``); with
+``data.cache: false``, decoded at every load: held in memory when it fits, decoded per batch otherwise."""
 
 from __future__ import annotations
 
@@ -57,7 +58,16 @@ def load_folder(root_text: str, cfg: DataConfig) -> DataSplits:
     n_bytes = len(files) * channels * size * size
     in_memory = n_bytes < cfg.in_memory_limit_gb * 2**30
     skipped: list[tuple[str, str]] = []
-    if in_memory:
+    cached = None
+    if cfg.cache:
+        from .pixel_cache import cached_pixels
+
+        pixels, failed, entry = cached_pixels(root, files, channels, size)
+        bad = {i for i, _ in failed}
+        keep = [i for i in range(len(files)) if i not in bad]
+        skipped = [(str(files[i]), why) for i, why in failed]
+        cached = torch.from_numpy(pixels)
+    elif in_memory:
         with ThreadPoolExecutor(max_workers=4) as pool:
             decoded = list(pool.map(decode, files))
         keep = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
@@ -92,7 +102,17 @@ def load_folder(root_text: str, cfg: DataConfig) -> DataSplits:
 
     train_idx, test_idx = holdout_split(len(files))
     description = f"folder {root} ({len(files)} images, {channels} channel(s), {size} px)"
-    if in_memory:
+    if cached is not None:  # rows of the memory-mapped cache (which also holds the skipped files' empty rows)
+        rows = torch.as_tensor(keep, dtype=torch.long)
+
+        def rows_of(idx):
+            idx_t = torch.as_tensor(idx, dtype=torch.long)
+            return ImageSet(images=cached, rows=rows[idx_t], labels=None if labels is None else labels[idx_t],
+                            attributes=None if attributes is None else attributes[idx_t])
+
+        train, test = rows_of(train_idx), rows_of(test_idx)
+        description += f", pixels cached in {entry}"
+    elif in_memory:
         images = torch.from_numpy(np.stack([decoded[i][0] for i in keep])).permute(0, 3, 1, 2).contiguous()
         train = subset(images, labels, attributes, train_idx)
         test = subset(images, labels, attributes, test_idx)

@@ -5,9 +5,10 @@ is measured once for the reported number. The validation split is carved from th
 (``carve_validation``: a fixed, seeded, class-stratified share, ``data.validation_fraction``), so the test split of
 every source stays what it always was.
 
-An ImageSet either holds all its images as one uint8 tensor ``(N, C, H, W)`` (decoded once; batches are plain
-tensor indexing), or, for sets too large for memory, a ``stream`` dataset that decodes per item inside DataLoader
-workers.
+An ImageSet holds its images as uint8 ``(N, C, H, W)``: a tensor of its own, or rows ``rows`` of a tensor shared
+with the other splits (a folder's memory-mapped pixel cache, ``pixel_cache``: nothing is copied, the operating
+system pages in what a batch reads); or, uncached and too large for memory, a ``stream`` dataset that decodes per
+item inside DataLoader workers. Pixels stay uint8 until a batch is made (``take``, ``batches``).
 """
 
 from __future__ import annotations
@@ -24,16 +25,29 @@ from ..errors import DataError
 
 @dataclass
 class ImageSet:
-    """One split. ``images``: uint8 (N, C, H, W) when in memory; else ``stream`` yields (uint8 CHW, label)."""
+    """One split. ``images``: uint8 (N, C, H, W), or (M, C, H, W) shared with other splits when ``rows`` (N,) says
+    which of its rows are this split's; else ``stream`` yields (uint8 CHW, label)."""
 
     images: torch.Tensor | None = None
     labels: torch.Tensor | None = None  # int64 (N,), or None when the data have no classes
     attributes: torch.Tensor | None = None  # float32 (N, A) from a labels CSV or CelebA
     stream: torch.utils.data.Dataset | None = None
     num_items: int = 0
+    rows: torch.Tensor | None = None  # int64 (N,): this split's rows of ``images``; None: all of them, in order
 
     def __len__(self) -> int:
+        if self.rows is not None:
+            return len(self.rows)
         return self.images.shape[0] if self.images is not None else self.num_items
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """Images ``idx`` (k,) of the split as uint8 (k, C, H, W), on the device ``images`` are on."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        if self.images is None:
+            return torch.stack([self.stream[int(i)][0] for i in idx]) if len(idx) else torch.zeros(0, dtype=torch.uint8)
+        if self.rows is not None:
+            idx = self.rows[idx]
+        return self.images[idx.to(self.images.device)]
 
 
 @dataclass
@@ -88,7 +102,12 @@ def validation_indices(n: int, fraction: float, labels: torch.Tensor | None) -> 
 
 
 def _take(split: ImageSet, idx: np.ndarray) -> ImageSet:
-    """The images ``idx`` of a split, in memory or streamed."""
+    """The images ``idx`` of a split, in memory, as rows of a shared tensor, or streamed."""
+    if split.rows is not None:
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        return ImageSet(images=split.images, rows=split.rows[idx_t],
+                        labels=None if split.labels is None else split.labels[idx_t],
+                        attributes=None if split.attributes is None else split.attributes[idx_t])
     if split.images is not None:
         return subset(split.images, split.labels, split.attributes, idx)
     idx_t = torch.as_tensor(idx, dtype=torch.long)
@@ -174,9 +193,9 @@ def keep_classes(data: DataSplits, keep: list[int]) -> DataSplits:
         if len(split) == 0:
             continue
         if split.images is None:
-            raise DataError("data.include_classes works on datasets held in memory")
+            raise DataError("data.include_classes works on datasets held in memory or in the pixel cache")
         mask = torch.isin(split.labels, torch.tensor(keep))
-        setattr(data, part, subset(split.images, split.labels, split.attributes, mask.nonzero().flatten()))
+        setattr(data, part, _take(split, mask.nonzero().flatten().numpy()))
     if len(data.train) == 0:
         raise DataError(f"data.include_classes={keep} keeps no images; classes are 0..{data.num_classes - 1}")
     data.description += f", classes {keep} only"

@@ -21,9 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RunFolderError, VaelabError
+from ..paths import cache_dir
 from ..run import atomic_write, atomic_write_text
 
 MIN_CLASSIFIER_STEPS = 250  # optimizer steps the domain classifier trains for at least, at up to 32 px
+# and at most: its budget is set by what its features need, not by the folder's size (a 42,000-image 64 px folder's
+# 10 epochs were 3,300 steps, most of a 28-minute run; issue 40). 1,000 steps at up to 32 px, fewer above it by the
+# pixels per image (64 px: 250), about a minute on 2 cores; mnist5k's 270 steps are under it and unchanged
+MAX_CLASSIFIER_STEPS = 1000
+ACCURACY_IMAGES = 10_000  # test images the classifier's accuracy is measured on at most (spread over the split)
 
 
 def min_classifier_steps(image_size: int) -> int:
@@ -31,17 +37,13 @@ def min_classifier_steps(image_size: int) -> int:
     per image (the same compute: a 250-step classifier at 96 px took minutes on 2 cores; 64 px: 63 steps)."""
     return math.ceil(MIN_CLASSIFIER_STEPS * min(1.0, (32 / image_size) ** 2))
 
+
+def max_classifier_steps(image_size: int) -> int:
+    """The classifier's step budget at ``image_size``: MAX_CLASSIFIER_STEPS up to 32 px, scaled by the pixels above."""
+    return max(min_classifier_steps(image_size), math.ceil(MAX_CLASSIFIER_STEPS * min(1.0, (32 / image_size) ** 2)))
+
+
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-
-
-def cache_dir() -> Path:
-    """Where vaelab keeps what it can rebuild (domain classifiers): $VAELAB_CACHE, else $XDG_CACHE_HOME/vaelab,
-    else ~/.cache/vaelab (%LOCALAPPDATA%\\vaelab on Windows)."""
-    if os.environ.get("VAELAB_CACHE"):
-        return Path(os.environ["VAELAB_CACHE"]).expanduser()
-    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
-        return Path(os.environ["LOCALAPPDATA"]) / "vaelab"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaelab"
 
 
 class DomainClassifier(nn.Module):
@@ -63,46 +65,72 @@ class DomainClassifier(nn.Module):
         return h, self.head(h)
 
 
-def train_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int = 10, batch_size: int = 128,
-                     lr: float = 2e-3, seed: int = 0, x_test=None, y_test=None, progress: bool = False) -> tuple[DomainClassifier, dict]:
-    """Train a DomainClassifier on float images x (N, C, S, S) in [0, 1] with labels y (N,); returns it in eval mode.
+def train_classifier(x, y: torch.Tensor, num_classes: int, epochs: int = 10, batch_size: int = 128,
+                     lr: float = 2e-3, seed: int = 0, x_test=None, y_test=None, progress: bool = False,
+                     device: str | torch.device = "cpu", max_steps: int | None = None) -> tuple[DomainClassifier, dict]:
+    """Train a DomainClassifier on images x with labels y (N,); returns it in eval mode, on ``device``.
 
-    Light augmentation (random shifts of up to 2 px) keeps it from overfitting small sets such as mnist5k.
+    ``x``: float (N, C, S, S) in [0, 1], or a split (``data.ImageSet``, uint8, read a batch at a time: a folder's
+    training split is never held as floats). ``epochs`` over x, at least ``min_classifier_steps`` and at most
+    ``max_steps`` (default ``max_classifier_steps``) optimizer steps, whatever N. Light augmentation (random shifts
+    of up to 2 px) keeps it from overfitting small sets such as mnist5k.
     """
+    from ..data import ImageSet
+    from ..progress import Phase
+
+    take = (lambda idx: x.take(idx).float() / 255.0) if isinstance(x, ImageSet) else (lambda idx: x[idx])
+    n = len(x)
+    channels, size = take(torch.zeros(1, dtype=torch.long)).shape[1::2]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = DomainClassifier(x.shape[1], x.shape[-1], num_classes)
+    model = DomainClassifier(channels, size, num_classes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    # a small folder's epoch is a step or two (350 images: 2 of 128; under 128 images there was none): the epochs
-    # grow to min_classifier_steps at least (mnist5k's 3,500 images: 10 epochs, 270 steps, unchanged)
-    batch_size = max(1, min(batch_size, len(x)))
-    epochs = max(epochs, math.ceil(min_classifier_steps(x.shape[-1]) / (len(x) // batch_size)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * (len(x) // batch_size))
+    # a small folder's epoch is a step or two (350 images: 2 of 128; under 128 images there was none): the steps grow
+    # to min_classifier_steps at least (mnist5k's 3,500 images: 10 epochs, 270 steps, unchanged)
+    batch_size = max(1, min(batch_size, n))
+    per_epoch = n // batch_size
+    steps = max(epochs * per_epoch, min_classifier_steps(size))
+    steps = min(steps, max(max_steps or max_classifier_steps(size), min_classifier_steps(size)))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(len(x) // batch_size):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            xb = x[idx]
-            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
-            xb = torch.roll(xb, shifts=(dx, dy), dims=(2, 3))
-            loss = F.cross_entropy(model(xb)[1], y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    done = 0
+    with Phase(f"training the domain classifier ({n:,} images, {size} px, {device})", steps, "steps",
+               bar=progress) as phase:
+        while done < steps:
+            order = torch.randperm(n, generator=gen)
+            for i in range(min(per_epoch, steps - done)):
+                idx = order[i * batch_size : (i + 1) * batch_size]
+                xb = take(idx).to(device)
+                dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+                xb = torch.roll(xb, shifts=(dx, dy), dims=(2, 3))
+                loss = F.cross_entropy(model(xb)[1], y[idx].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                done += 1
+                phase.advance()
     model.eval()
-    info = {"train_images": len(x), "epochs": epochs, "steps": epochs * (len(x) // batch_size)}
+    info = {"train_images": n, "epochs": round(steps / max(per_epoch, 1), 2), "steps": steps}
     if x_test is not None:
         info["test_accuracy"] = accuracy(model, x_test, y_test)
+        info["test_images"] = min(len(x_test), ACCURACY_IMAGES)
     return model, info
 
 
 @torch.no_grad()
-def accuracy(model: DomainClassifier, x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(model: DomainClassifier, x, y: torch.Tensor, limit: int = ACCURACY_IMAGES) -> float:
+    """The share of up to ``limit`` images (spread over x: a float tensor or a split) classified as their label."""
+    from ..data import ImageSet, spaced_indices
+
     model.eval()
-    hits = sum(int((model(x[i : i + 500])[1].argmax(1) == y[i : i + 500]).sum()) for i in range(0, len(x), 500))
-    return hits / len(x)
+    device = next(model.parameters()).device
+    idx = spaced_indices(len(x), limit)
+    hits = 0
+    for part in idx.split(500):
+        xb = x.take(part).float() / 255.0 if isinstance(x, ImageSet) else x[part]
+        hits += int((model(xb.to(device))[1].argmax(1).cpu() == y[part]).sum())
+    return hits / len(idx)
 
 
 def save_classifier(model: DomainClassifier, folder: Path, info: dict) -> None:
@@ -139,25 +167,24 @@ def classifier_folder_for(data_cfg) -> Path:
     return cache_dir() / "classifiers" / f"{key}{size}{channels}-train{held_out}"
 
 
-def train_and_save_classifier(data, out: Path, epochs: int = 10, seed: int = 0, progress: bool = True) -> dict:
+def train_and_save_classifier(data, out: Path, epochs: int = 10, seed: int = 0, progress: bool = True,
+                              device: str | torch.device = "cpu") -> dict:
     """Train the domain classifier on a dataset's train split, test it on the test split, save it to ``out``."""
     if data.train.labels is None or data.num_classes < 2:
         raise VaelabError(f"{data.description} has no class labels, so no domain classifier can be trained; "
                           "use --features inception (with local weights) or pixels")
-    from ..data import first_images
-
-    x_train, x_test = first_images(data.train, len(data.train)), first_images(data.test, len(data.test))
     if progress:
-        print(f"training a domain classifier on {len(x_train)} images ({epochs} epochs, at least "
-              f"{min_classifier_steps(data.image_size)} steps) -> {out}", flush=True)
-    model, info = train_classifier(x_train, data.train.labels, data.num_classes, epochs=epochs, seed=seed,
-                                   x_test=x_test, y_test=data.test.labels)
+        print(f"training a domain classifier on {len(data.train):,} images ({epochs} epochs, "
+              f"{min_classifier_steps(data.image_size)}-{max_classifier_steps(data.image_size)} steps) -> {out}",
+              flush=True)
+    model, info = train_classifier(data.train, data.train.labels, data.num_classes, epochs=epochs, seed=seed,
+                                   x_test=data.test, y_test=data.test.labels, progress=progress, device=device)
     info["data"] = data.description
-    save_classifier(model, out, info)
+    save_classifier(model.cpu(), out, info)
     return info
 
 
-def cached_classifier(data, data_cfg, progress: bool = False) -> Path:
+def cached_classifier(data, data_cfg, progress: bool = False, device: str | torch.device = "cpu") -> Path:
     """The folder of the dataset's domain classifier in the cache, trained there first if it is missing."""
     folder = classifier_folder_for(data_cfg)
     meta = folder / "classifier.json"
@@ -168,7 +195,7 @@ def cached_classifier(data, data_cfg, progress: bool = False) -> Path:
         if shape != (data.channels, data.image_size, len(data.train)) or steps < min_classifier_steps(data.image_size):
             meta.unlink()
     if not meta.is_file():
-        train_and_save_classifier(data, folder, progress=progress)
+        train_and_save_classifier(data, folder, progress=progress, device=device)
     return folder
 
 
@@ -192,15 +219,17 @@ class Extractor:
 class ClassifierExtractor(Extractor):
     has_logits = True
 
-    def __init__(self, folder: str | Path):
-        self.model = load_classifier(folder)
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu"):
+        self.model = load_classifier(folder).to(device)
+        self.device = torch.device(device)
         self.name = f"classifier:{folder}"
         self.settings = {"extractor": self.name, "feature_dim": self.model.meta["feature_dim"],
                          "classifier_test_accuracy": self.model.meta.get("test_accuracy")}
 
     def embed(self, x):
+        """Features (N, d) and logits (N, K) on the CPU, computed on the extractor's device."""
         with torch.no_grad():
-            parts = [self.model(x[i : i + 500]) for i in range(0, len(x), 500)]
+            parts = [[t.float().cpu() for t in self.model(x[i : i + 500].to(self.device))] for i in range(0, len(x), 500)]
         return torch.cat([f for f, _ in parts]), torch.cat([l for _, l in parts])
 
     def features(self, x):
@@ -265,7 +294,7 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
 class InceptionExtractor(Extractor):
     has_logits = True
 
-    def __init__(self, weights: str | None = None, download: bool = False):
+    def __init__(self, weights: str | None = None, download: bool = False, device: str | torch.device = "cpu"):
         path = inception_weights_path(weights)
         if path is None and not download:
             raise VaelabError(
@@ -293,6 +322,8 @@ class InceptionExtractor(Extractor):
             except RuntimeError as exc:  # load_state_dict: missing or unexpected keys, wrong shapes
                 raise VaelabError(f"{path} holds tensors, but not the FID Inception v3's ({str(exc).splitlines()[0]});"
                                   f" put the published {INCEPTION_FILE} there") from None
+        self.device = torch.device(device)
+        self.net = self.net.to(self.device)
         self.name = "inception"
         self.settings = {"extractor": "inception-v3-compat (torch-fidelity weights)", "antialias": False,
                          "weights": str(path)}
@@ -304,9 +335,9 @@ class InceptionExtractor(Extractor):
                 xb = x[i : i + 100]
                 if xb.shape[1] == 1:
                     xb = xb.expand(-1, 3, -1, -1)
-                f, logits = self.net((xb * 255).round().clamp(0, 255).to(torch.uint8))
-                out_f.append(f.reshape(len(xb), -1))
-                out_l.append(logits.reshape(len(xb), -1))
+                f, logits = self.net((xb * 255).round().clamp(0, 255).to(self.device, torch.uint8))
+                out_f.append(f.reshape(len(xb), -1).float().cpu())
+                out_l.append(logits.reshape(len(xb), -1).float().cpu())
         return torch.cat(out_f), torch.cat(out_l)
 
     def features(self, x):
@@ -316,11 +347,12 @@ class InceptionExtractor(Extractor):
         return self.embed(x)[1]
 
 
-def make_extractor(spec: str, inception_weights: str | None = None, download: bool = False) -> Extractor:
+def make_extractor(spec: str, inception_weights: str | None = None, download: bool = False,
+                   device: str | torch.device = "cpu") -> Extractor:
     if spec.startswith("classifier:"):
-        return ClassifierExtractor(spec[len("classifier:") :])
+        return ClassifierExtractor(spec[len("classifier:") :], device)
     if spec == "inception":
-        return InceptionExtractor(inception_weights, download)
+        return InceptionExtractor(inception_weights, download, device)
     if spec == "pixels":
         return PixelExtractor()
     raise VaelabError(f"unknown --features {spec!r}; use classifier:PATH, inception or pixels")

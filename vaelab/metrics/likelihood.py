@@ -42,35 +42,46 @@ def marginal_over_classes(model, x: torch.Tensor, k: int, classes: int) -> dict[
 
 
 @torch.no_grad()
-def likelihood_metrics(model, x: torch.Tensor, y: torch.Tensor | None = None, k: int = 1000, batch_size: int = 100,
-                       binarized: bool = False, seed: int = 0, progress: bool = True) -> dict:
+def likelihood_metrics(model, x, y: torch.Tensor | None = None, k: int = 1000, batch_size: int = 100,
+                       binarized: bool = False, seed: int = 0, progress: bool = True, limit: int | None = None) -> dict:
     """ELBO, the importance-weighted bound with ``k`` samples, reconstruction error and KL over images ``x``.
 
     Under torchrun the batches are split across the processes and their sums gathered; every process returns
     the same result, equal to a one-process run (each batch's noise is seeded by its index).
 
-    x: float (N, C, H, W) in [0, 1]. Log-likelihoods are in nats per image and bits per dimension. Models whose
-    reconstruction term is not a normalised likelihood (``has_likelihood`` False) get reconstruction and KL only.
+    x: float (N, C, H, W) in [0, 1], or a split (``data.ImageSet``: uint8, read a batch at a time, its own labels;
+    ``limit`` caps the images, spread over it). Each batch is binarized or dequantised with its own seed. Log-
+    likelihoods are in nats per image and bits per dimension. Models whose reconstruction term is not a normalised
+    likelihood (``has_likelihood`` False) get reconstruction and KL only.
     """
+    from ..data import ImageSet, spaced_indices
+
     model.eval()
     device = model.device
-    dims = math.prod(x.shape[1:])
+    if isinstance(x, ImageSet):
+        rows = spaced_indices(len(x), limit or len(x))
+        split, y = x, (None if x.labels is None else x.labels[rows])
+        read = lambda a, b: split.take(rows[a:b]).float() / 255.0
+        n, shape = len(rows), split.take(rows[:1]).shape[1:]
+    else:
+        x = x[:limit] if limit else x
+        read = lambda a, b: x[a:b]
+        n, shape = len(x), x.shape[1:]
+    dims = math.prod(shape)
     family = getattr(model.config, "likelihood", "n/a")
     # a density on [0, 1]^D (the Gaussian decoder) is measured on dequantised pixels, with the log 256 per dimension
     # that turns it into a bound on the probability of the 8-bit image; otherwise bits/dim are not comparable
     continuous = model.has_likelihood and family == "gaussian" and not binarized
-    if binarized:
-        x = binarize(x, seed)
-    elif continuous:
-        x = dequantize(x, seed)
     cond = y if model.is_conditional else None
     classes = getattr(model.config, "num_classes", None) or 0
     start = time.perf_counter()
-    count = math.ceil(len(x) / batch_size)
+    count = math.ceil(n / batch_size)
     bar = tqdm(total=count, desc=f"likelihood (K={k})", disable=not (progress and is_main_process()), unit="batch")
 
     def batch_sums(i: int) -> dict[str, float]:  # seeded by batch: the same numbers on any number of processes
-        xb = x[i * batch_size : (i + 1) * batch_size].to(device)
+        xb = read(i * batch_size, (i + 1) * batch_size)
+        noise = stream_seed("pixel_noise", seed, i)
+        xb = (binarize(xb, noise) if binarized else dequantize(xb, noise) if continuous else xb).to(device)
         yb = None if cond is None else cond[i * batch_size : (i + 1) * batch_size].to(device)
         torch.manual_seed(stream_seed("likelihood", seed, i))
         out = model.elbo(xb, yb)
@@ -88,7 +99,6 @@ def likelihood_metrics(model, x: torch.Tensor, y: torch.Tensor | None = None, k:
     bar.close()
     totals = {key: sum(b.get(key, 0.0) for b in per_batch)
               for key in ("elbo", "nll", "kl", "mse", "iwae", "elbo_marginal", "iwae_marginal")}
-    n = len(x)
     mean = {key: value / n for key, value in totals.items()}
     if continuous:  # density on [0, 1]^D -> probability of the 8-bit image (see dequantize)
         bin_volume = dims * math.log(LEVELS)

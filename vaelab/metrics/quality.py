@@ -37,23 +37,28 @@ class SampleQuality:
     ``vaelab.samplers.proxy_mixture``), drawn from for a model with an encoder that carries no sampler of its own."""
 
     def __init__(self, data, data_cfg, n: int = 500, seed: int = 0, progress: bool = False, bf16: bool | None = None,
-                 sampler_proxy=None):
-        """``bf16``: the feature network in bf16 autocast (None: where the CPU runs bf16 natively)."""
+                 sampler_proxy=None, device: str | torch.device = "cpu"):
+        """``bf16``: the feature network in bf16 autocast (None: where the device runs bf16 natively). ``device``:
+        where the classifier trains and the features are computed (the run's)."""
         from ..accel import cpu_has_fast_bf16
         from ..data import spaced_images
 
+        self.device = torch.device(device)
         self.seed, self.num_samples = seed, n
-        self.bf16 = cpu_has_fast_bf16() if bf16 is None else bf16
+        if bf16 is None:
+            bf16 = (torch.cuda.is_bf16_supported() if self.device.type == "cuda" else
+                    cpu_has_fast_bf16() if self.device.type == "cpu" else False)
+        self.bf16 = bf16
         self.sampler_proxy = sampler_proxy
         if data.train.labels is not None and data.num_classes >= 2:
-            self.network = feats.load_classifier(feats.cached_classifier(data, data_cfg, progress))
+            self.network = feats.load_classifier(feats.cached_classifier(data, data_cfg, progress, self.device))
             self.space = "classifier"
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.network = feats.DomainClassifier(data.channels, data.image_size, 2).eval()
             self.space = "random_features"
-        self.network = self.network.to(memory_format=torch.channels_last)
+        self.network = self.network.to(self.device, memory_format=torch.channels_last)
         # validation images as the reference: choosing the epoch on the test images would bias the test numbers, and
         # on the training images it rewards copying them (a small folder's run picked an early epoch that way).
         # Spread over the split, whose order may follow the classes; a conditional model draws the reference's
@@ -70,10 +75,10 @@ class SampleQuality:
     @torch.inference_mode()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         chunks = []
-        with torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else nullcontext():
+        with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext():
             for i in range(0, len(x), 500):
-                batch = x[i : i + 500].float().cpu().contiguous(memory_format=torch.channels_last)
-                chunks.append(self.network(batch)[0].float())
+                batch = x[i : i + 500].float().to(self.device).contiguous(memory_format=torch.channels_last)
+                chunks.append(self.network(batch)[0].float().cpu())
         return torch.cat(chunks).double()
 
     @torch.no_grad()

@@ -136,23 +136,27 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict
     of real balls holding a fake, over k (1 when fakes sit where the real images do; above 1 where they crowd).
     """
     real, fake = real.double(), fake.double()
+    real_radii, fake_radii = _knn_radii(real, k), _knn_radii(fake, k)
+    fake_in_any, real_covered = torch.zeros(len(fake), dtype=torch.bool), torch.zeros(len(real), dtype=torch.bool)
+    real_in_any, inside_count = torch.zeros(len(real), dtype=torch.bool), 0.0
+    for start in range(0, len(fake), CHUNK):  # (chunk, N) at a time: never the whole (M, N) matrix
+        inside = torch.cdist(fake[start : start + CHUNK], real) <= real_radii[None]  # fake i in real j's ball
+        fake_in_any[start : start + CHUNK] = inside.any(1)
+        real_covered |= inside.any(0)
+        inside_count += float(inside.sum())
+    for start in range(0, len(real), CHUNK):
+        real_in_any[start : start + CHUNK] = (torch.cdist(real[start : start + CHUNK], fake) <= fake_radii[None]).any(1)
+    return {"precision": float(fake_in_any.double().mean()), "recall": float(real_in_any.double().mean()),
+            "density": inside_count / (k * len(fake)), "coverage": float(real_covered.double().mean()), "pr_k": k}
 
-    def radii(feats):
-        d = torch.cdist(feats, feats)
-        return d.kthvalue(k + 1, dim=1).values  # k + 1: the distance to itself is the first
 
-    def inside_balls(centres, centre_radii, query):
-        """(len(query), len(centres)) bool: query i inside centre j's ball."""
-        return torch.cat([torch.cdist(query[i : i + 1000], centres) <= centre_radii[None]
-                          for i in range(0, len(query), 1000)])
+CHUNK = 1000  # rows of a pairwise-distance computation held at once
 
-    real_radii = radii(real)
-    fake_in_real = inside_balls(real, real_radii, fake)  # (M, N)
-    real_in_fake = inside_balls(fake, radii(fake), real)  # (N, M)
-    return {"precision": float(fake_in_real.any(1).double().mean()),
-            "recall": float(real_in_fake.any(1).double().mean()),
-            "density": float(fake_in_real.double().sum() / (k * len(fake))),
-            "coverage": float(fake_in_real.any(0).double().mean()), "pr_k": k}
+
+def _knn_radii(feats: torch.Tensor, k: int) -> torch.Tensor:
+    """Each point's distance to its k-th nearest other point of the set (N,), a chunk of rows at a time."""
+    return torch.cat([torch.cdist(feats[i : i + CHUNK], feats).kthvalue(k + 1, dim=1).values  # +1: itself first
+                      for i in range(0, len(feats), CHUNK)])
 
 
 def class_coverage(logits: torch.Tensor, num_classes: int, min_share: float | None = None) -> dict:
@@ -180,31 +184,52 @@ def sharpness(images: torch.Tensor) -> float:
 
 
 
-def nearest_neighbour_distances(queries: torch.Tensor, reference: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """Euclidean distance from each query (N, D) to its nearest row of ``reference`` (M, D): (N,) float64."""
-    ref = reference.flatten(1).double()
-    return torch.cat([torch.cdist(q.flatten(1).double(), ref).min(1).values for q in queries.split(batch)])
+def nearest_neighbour_distances(queries: torch.Tensor, reference, batch: int = CHUNK) -> torch.Tensor:
+    """Euclidean distance from each query (N, D) to its nearest row of ``reference``: (N,) float64. ``reference``:
+    a tensor (M, ...), or a callable returning an iterable of chunks (m, ...) (a large set read a piece at a time,
+    each piece compared with every query once)."""
+    queries = queries.flatten(1).double()
+    chunks = reference() if callable(reference) else reference.split(max(batch, 1))
+    best = torch.full((len(queries),), float("inf"), dtype=torch.float64)
+    for ref in chunks:
+        ref = ref.flatten(1).double()
+        for start in range(0, len(queries), batch):
+            part = torch.cdist(queries[start : start + batch], ref).min(1).values
+            best[start : start + batch] = torch.minimum(best[start : start + batch], part)
+    return best
 
 
-def memorisation(samples: torch.Tensor, train: torch.Tensor, held_out: torch.Tensor,
+def memorisation(samples: torch.Tensor, train, held_out: torch.Tensor,
                  held_out_reconstructions: torch.Tensor | None = None) -> dict:
     """Whether samples copy training images: the median distance of each sample to its nearest training image
     against the same median for held-out real images (never trained on). A ratio near 1 is what unseen data of the
     same distribution gives; far below 1, the samples sit on training images (the issue's guard: >= 0.9).
-    All sets (N, ...) in one space: pixels (flattened) or features.
+    All sets (N, ...) in one space: pixels (flattened) or features; ``train`` a tensor or a callable returning its
+    chunks (``nearest_neighbour_distances``), read once for all three query sets.
 
     In pixels a blurred image is closer to its nearest neighbour than a sharp one, so a blurry model's samples score
     below 1 without copying anything (cvae-mnist's prior draws: 0.78). ``held_out_reconstructions`` (the model's
     reconstructions of the held-out images: unseen images with the model's own blur) gives a second reference,
     ``ratio_to_reconstructions``, that a blurry model's honest samples reach and copies of training images still
     fail (a training image's reconstruction is closer to it than any unseen image's is)."""
-    own = float(nearest_neighbour_distances(held_out, train).median())
-    theirs = float(nearest_neighbour_distances(samples, train).median())
+    sets = [samples.flatten(1), held_out.flatten(1)]
+    if held_out_reconstructions is not None:
+        sets.append(held_out_reconstructions.flatten(1))
+    train_count = [0]
+
+    def counted():
+        for chunk in train() if callable(train) else train.split(CHUNK):
+            train_count[0] += len(chunk)
+            yield chunk
+
+    queries = torch.cat([q.double() for q in sets])
+    distances = nearest_neighbour_distances(queries, counted).split([len(q) for q in sets])
+    theirs, own = float(distances[0].median()), float(distances[1].median())
     result = {"median_nn_samples": theirs, "median_nn_held_out": own,
               "ratio": theirs / own if own > 0 else float("nan"), "samples": len(samples), "held_out": len(held_out),
-              "train": len(train)}
+              "train": train_count[0]}
     if held_out_reconstructions is not None:
-        blurred = float(nearest_neighbour_distances(held_out_reconstructions, train).median())
+        blurred = float(distances[2].median())
         result.update({"median_nn_reconstructions": blurred,
                        "ratio_to_reconstructions": theirs / blurred if blurred > 0 else float("nan")})
     return result

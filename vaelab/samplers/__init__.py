@@ -41,6 +41,10 @@ MEMORISATION_FLOOR = 0.9
 # the candidates a gmm fit compares on validation: total components (split over the classes) and spread
 GMM_COMPONENTS = (10, 20, 50, 100)
 GMM_SPREADS = (1.0, 1.2)
+# full covariances up to this latent size (D^2 / 2 numbers per component from a few hundred codes); above it the
+# low-rank-plus-diagonal and the diagonal forms (vaelab/samplers/mixture.py), both judged like the rest: a full fit
+# at latent 2,000 built 16 GB for 500 draws and did not finish (issue 40)
+FULL_COVARIANCE_MAX_DIM = 64
 NETWORK_SPREADS = (0.8, 1.0)
 MAX_CODES = 20_000  # training images encoded for a fit (spread over the split); enough for these densities
 # tried only where no candidate's samples sit as far from the training images as the validation images (a small
@@ -50,20 +54,31 @@ GUARD_SAMPLES = 500  # draws the copy guard measures (at least; as many as the v
 
 
 @torch.no_grad()
-def encode_codes(model, split, limit: int = MAX_CODES, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Posterior means (N, D) of up to ``limit`` images spread over a split, and their labels (N,) or None."""
-    from ..data import spaced_images
+def encode_codes(model, split, limit: int = MAX_CODES, batch: int = 500,
+                 what: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Posterior means (N, D) of up to ``limit`` images spread over a split, and their labels (N,) or None. The
+    images are read a batch at a time (uint8 until the batch) and encoded on the model's device; only the codes are
+    kept. ``what``: a progress line's name for the phase (None: silent)."""
+    from contextlib import nullcontext
 
-    x, labels = spaced_images(split, limit)
+    from ..data import image_chunks
+    from ..progress import Phase
+
     was_training = model.training
     model.eval()
-    codes = []
-    for start in range(0, len(x), batch):
-        xb = x[start : start + batch].to(model.device)
-        yb = None if labels is None or not model.is_conditional else labels[start : start + batch].to(model.device)
-        codes.append(model.encode(xb, yb)[0].float().cpu())
+    codes, labels = [], []
+    total = min(limit, len(split))
+    with Phase(what, total) if what else nullcontext() as phase:
+        for xb, yb in image_chunks(split, limit, chunk=batch, spaced=True):
+            cond = None if yb is None or not model.is_conditional else yb.to(model.device)
+            codes.append(model.encode(xb.to(model.device), cond)[0].float().cpu())
+            labels.append(yb)
+            if phase is not None:
+                phase.advance(len(xb))
     model.train(was_training)
-    return torch.cat(codes), labels
+    if not codes:
+        return torch.zeros(0, model.config.latent_dim), None
+    return torch.cat(codes), (None if labels[0] is None else torch.cat(labels))
 
 
 def load(run: str | Path, device: str | torch.device = "cpu", weights: str = "best", sampler: str | None = None):
@@ -108,10 +123,11 @@ def load_sampler(run: str | Path, kind: str, latent_dim: int) -> LatentSampler:
 
 def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", components: list[int] | None = None,
                 spreads: list[float] | None = None, per_class: bool | None = None, seed: int = 0,
-                progress: bool = True) -> LatentSampler:
+                progress: bool = True, device: str | torch.device = "cpu") -> LatentSampler:
     """Fit sampler ``kind`` for run folder ``run`` (see the module docstring), save it there and return it. Its
     ``settings["selection"]`` lists every candidate with its validation FID and memorisation ratio, and
-    ``settings["chosen"]`` the kept one. ``components`` are the gmm's candidates; ``spreads`` any kind's."""
+    ``settings["chosen"]`` the kept one. ``components`` are the gmm's candidates; ``spreads`` any kind's. The
+    encoding, sampling and scoring run on ``device`` (the run's: the trainer passes its own)."""
     from ..data import load_data
     from ..metrics.quality import SampleQuality
     from ..metrics import samples as sm
@@ -123,13 +139,13 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
     if components and kind != "gmm":
         raise VaelabError(f"--components sets the gmm's candidates; the '{kind}' sampler has none")
     start = time.perf_counter()
-    model = load_weights(run, weights=weights)
+    model = load_weights(run, device=device, weights=weights)
     if not model.has_encoder:
         raise VaelabError(f"{model.registry_name} has no encoder, so it has no codes to fit a sampler on; its samples "
                           f"come from its own prior")
     cfg = model.run_config
     data = load_data(cfg.data)
-    codes, labels = encode_codes(model, data.train)
+    codes, labels = encode_codes(model, data.train, what="encoding the training images for the sampler fit")
     use_classes = (labels is not None and data.num_classes >= 2) if per_class is None else per_class
     if use_classes and labels is None:
         raise VaelabError(f"a per-class sampler needs class labels, and {data.description} has none")
@@ -145,7 +161,7 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
         val_codes, val_labels = encode_codes(model, data.validation) if not few else (None, None)
         fit = fit_flow if kind == "flow" else fit_two_stage
         bases = [({}, fit(codes, labels, class_names, val_codes, val_labels if use_classes else None, seed=seed))]
-    judge = SampleQuality(data, cfg.data, n=cfg.train.best_samples, seed=seed, progress=progress)
+    judge = SampleQuality(data, cfg.data, n=cfg.train.best_samples, seed=seed, progress=progress, device=device)
     x_train, _ = _spread(data.train, 2000)
     x_val, y_val = _spread(data.validation, 500)
     if len(x_val) >= 2:  # the guard's second reference: unseen images with the model's own blur
@@ -180,7 +196,7 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
     judge_each(spreads[: 1 if few else None], bases)
     if widen and not few and len(x_val) >= 2 and _guard_level(best) < 2:
         # the smallest mixture: at every spread measured it drew furthest from the training images
-        smallest = min(bases, key=lambda b: b[0].get("components", 0))
+        smallest = min(bases, key=lambda b: b[1].settings.get("components", 0))
         if progress:
             print(f"  no candidate's samples sit as far from the training images as the validation images: trying "
                   f"{describe({**smallest[0], 'spread': WIDER_SPREADS[0]})} and {WIDER_SPREADS[1]}", flush=True)
@@ -212,27 +228,38 @@ def proxy_mixture(data, seed: int = 0):
     def fit(model) -> MixtureSampler:
         codes, labels = encode_codes(model, data.train, limit=PROXY_CODES)
         return fit_mixture(codes, PROXY_COMPONENTS, labels if classes else None,
-                           data.class_names if classes else None, seed=seed)
+                           data.class_names if classes else None, covariance=mixture_forms(codes.shape[1])[0],
+                           seed=seed)
 
     fit.description = f"gmm proxy: {PROXY_COMPONENTS} components on up to {PROXY_CODES} training codes"
     return fit
 
 
+def mixture_forms(latent_dim: int) -> tuple[str, ...]:
+    """The covariance forms a gmm fit compares at this latent size."""
+    return ("full",) if latent_dim <= FULL_COVARIANCE_MAX_DIM else ("pca", "diag")
+
+
 def _mixtures(codes, labels, class_names, components, seed):
-    """({"components": k}, mixture) for each candidate number of components, one EM fit each (the spreads reuse it);
-    a k capped by the codes to a mixture already fitted is left out."""
-    fitted_sizes = set()
-    for k in components:
-        fitted = fit_mixture(codes, k, labels, class_names, seed=seed)
-        if fitted.settings["components"] in fitted_sizes:
-            continue
-        fitted_sizes.add(fitted.settings["components"])
-        yield {"components": k}, fitted
+    """({"components": k[, "covariance": form]}, mixture) for each candidate number of components and covariance
+    form (``mixture_forms``), one EM fit each (the spreads reuse it); a k capped by the codes to a mixture already
+    fitted is left out."""
+    forms = mixture_forms(codes.shape[1])
+    for form in forms:
+        fitted_sizes = set()
+        for k in components:
+            fitted = fit_mixture(codes, k, labels, class_names, covariance=form, seed=seed)
+            if fitted.settings["components"] in fitted_sizes:
+                continue
+            fitted_sizes.add(fitted.settings["components"])
+            yield ({"components": k} if forms == ("full",) else {"components": k, "covariance": form}), fitted
 
 
 def describe(chosen: dict) -> str:
     """A candidate's settings in words: '50 components, spread 1.2' or 'spread 1.0'."""
     parts = [f"{chosen['components']} components"] if "components" in chosen else []
+    if "covariance" in chosen:
+        parts.append(f"{chosen['covariance']} covariances")
     return ", ".join(parts + [f"spread {chosen['spread']}"])
 
 

@@ -77,7 +77,7 @@ class Trainer:
             self.average = WeightAverage(copy, self.model, t.ema_decay)
         self.updates = UpdateContext(self.optimizers, self.accel.scalers, self.world, t.grad_clip_norm,
                                      self.device.type)
-        if self.data.train.images is not None:
+        if self.data.train.images is not None and self.data.train.rows is None:  # memory-mapped cache: per batch
             self.data.train.images = self.data.train.images.to(self.device)
         self.batches_per_epoch = len(epoch_batches(len(self.data.train), t.batch_size, t.seed, 0, world=self.world))
         if self.batches_per_epoch == 0 and adapt_batch_size and len(self.data.train) >= self.world:
@@ -347,7 +347,7 @@ class Trainer:
         if self.quality is None:  # drawn as the user will sample: through a mixture where the run fits a sampler
             fits = self.cfg.train.sampler != "prior" and self.model.has_encoder
             self.quality = SampleQuality(self.data, self.cfg.data, n=self.cfg.train.best_samples,
-                                         seed=self.cfg.train.seed, progress=self.progress,
+                                         seed=self.cfg.train.seed, progress=self.progress, device=self.device,
                                          sampler_proxy=proxy_mixture(self.data, self.cfg.train.seed) if fits else None)
         score = self.quality.score(self.sampled_model)
         if score is None and not self.warned_no_choice:
@@ -412,7 +412,7 @@ class Trainer:
                 print(f"fitting the {self.cfg.train.sampler} latent sampler on the training codes "
                       f"(settings chosen on the validation images)", flush=True)
             sampler = fit_sampler(self.run.path, self.cfg.train.sampler, seed=self.cfg.train.seed,
-                                  progress=self.progress)
+                                  progress=self.progress, device=self.device)
             if self.progress:
                 chosen = sampler.settings["chosen"]
                 score = chosen["validation_fid"]

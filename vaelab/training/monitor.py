@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..accel import Prepared
-from ..data import ImageSet, epoch_batches, first_images, iterate_batches, spaced_images
+from ..data import ImageSet, epoch_batches, iterate_batches, spaced_images
 from ..grids import originals_over_reconstructions, save_grid
 
 
@@ -38,16 +38,15 @@ def monitor_likelihood(model, validation: ImageSet, limit: int, prepared: Prepar
 
 def held_out_likelihood(model, test: ImageSet, seed: int, limit: int = 10_000) -> dict | None:
     """The evaluation's likelihood numbers (``metrics.likelihood.likelihood_metrics``, fp32, K = 0) on up to
-    ``limit`` test images: the same names and definitions as ``vaelab evaluate``'s eval/metrics.json."""
+    ``limit`` test images spread over the split (stated in its settings), read a batch at a time: the same names and
+    definitions as ``vaelab evaluate``'s eval/metrics.json."""
     if not model.has_encoder:
         return None
     from ..metrics.likelihood import likelihood_metrics
 
-    x = first_images(test, limit)
-    y = None if test.labels is None else test.labels[: len(x)]
     try:
         with torch.random.fork_rng(devices=[]):
-            return likelihood_metrics(model, x, y, k=0, seed=seed, progress=False)
+            return likelihood_metrics(model, test, k=0, seed=seed, progress=False, limit=limit)
     finally:
         model.train()
 
