@@ -35,9 +35,13 @@ def dimension_order(model, data) -> tuple[list[int], list[float]]:
     split = data.validation if len(data.validation) else data.test
     x = first_images(split, 1000)
     y = split.labels[: len(x)] if model.is_conditional else None
+    kl = torch.zeros(d)
     with torch.no_grad():
-        mu, logvar = model.encode(x.to(model.device), None if y is None else y.to(model.device))
-    kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(0).cpu()
+        for start in range(0, len(x), 100):  # in batches: a thousand 128 px images' activations at once are GBs
+            yb = None if y is None else y[start : start + 100].to(model.device)
+            mu, logvar = model.encode(x[start : start + 100].to(model.device), yb)
+            kl += (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(0).float().cpu()
+    kl = kl / len(x)
     order = torch.argsort(kl, descending=True).tolist()
     return order, kl[order].tolist()
 

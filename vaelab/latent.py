@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .data import first_images, load_data
+from .data import load_data
 from .errors import VaelabError
 from .run import atomic_write, atomic_write_text
 
@@ -55,7 +55,7 @@ def resolve_latent(model, spec: str, data_split=None):
         index = int(spec)
         if index >= len(data_split):
             raise VaelabError(f"index {index} is out of range: the test split has {len(data_split)} images")
-        x = first_images(data_split, index + 1)[index : index + 1]
+        x = data_split.take(torch.tensor([index])).float().cpu() / 255.0
         y = None if data_split.labels is None else data_split.labels[index : index + 1]
     elif path.is_file():
         x = _read_one(path, c.channels, c.image_size)
@@ -108,12 +108,25 @@ def save_gif(frames: torch.Tensor, path: Path, duration_ms: int = 120, scale: in
 
 
 @torch.no_grad()
-def encode_all(model, x: torch.Tensor, y: torch.Tensor | None = None, batch: int = 500) -> torch.Tensor:
-    """Posterior means of images x (N, C, H, W): (N, D)."""
+def image_batches(x, batch: int):
+    """(start, float (b, C, H, W) in [0, 1]) over images x: a float tensor (N, C, H, W), or a split
+    (``data.ImageSet``, uint8, read a batch at a time: a 200,000-image split is never held as floats)."""
+    from .data import ImageSet
+
+    for start in range(0, len(x), batch):
+        if isinstance(x, ImageSet):
+            yield start, x.take(torch.arange(start, min(start + batch, len(x)))).float() / 255.0
+        else:
+            yield start, x[start : start + batch]
+
+
+@torch.no_grad()
+def encode_all(model, x, y: torch.Tensor | None = None, batch: int = 500) -> torch.Tensor:
+    """Posterior means (N, D) of images x (a float tensor (N, C, H, W) or a split, see ``image_batches``)."""
     out = []
-    for i in range(0, len(x), batch):
+    for i, xb in image_batches(x, batch):
         yb = None if y is None or not model.is_conditional else y[i : i + batch].to(model.device)
-        out.append(model.encode(x[i : i + batch].to(model.device), yb)[0].float().cpu())
+        out.append(model.encode(xb.to(model.device), yb)[0].float().cpu())
     return torch.cat(out)
 
 
@@ -140,7 +153,7 @@ def compute_attribute_vectors(model, run_folder: Path, labels_csv: str | None = 
         raise VaelabError("a conditional model takes the class as input; attribute vectors are for unconditional models")
     data = load_data(model.run_config.data)
     names, table = attribute_table(data, labels_csv)
-    z = encode_all(model, first_images(data.train, len(data.train)))
+    z = encode_all(model, data.train)
     vectors, counts = {}, {}
     for i, name in enumerate(names):
         has = table[:, i] > 0.5
@@ -184,8 +197,9 @@ def strength_sweep(model, z, vectors, name: str, strengths=(-2, -1, -0.5, 0, 0.5
 
 
 @torch.no_grad()
-def anomaly_scores(model, x: torch.Tensor, method: str = "elbo", k: int = 100, seed: int = 0, batch: int = 100) -> torch.Tensor:
-    """Per-image anomaly score (N,), higher = more anomalous: -ELBO (mean of 10 draws) or -IWAE(k), in nats."""
+def anomaly_scores(model, x, method: str = "elbo", k: int = 100, seed: int = 0, batch: int = 100) -> torch.Tensor:
+    """Per-image anomaly score (N,), higher = more anomalous: -ELBO (mean of 10 draws) or -IWAE(k), in nats. x: a
+    float tensor (N, C, H, W) or a split (``image_batches``)."""
     if not model.has_encoder:
         raise VaelabError(f"{model.registry_name} has no encoder: anomaly scores need an encoder")
     if method == "iwae" and not model.has_likelihood:
@@ -194,8 +208,8 @@ def anomaly_scores(model, x: torch.Tensor, method: str = "elbo", k: int = 100, s
     scores = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for i in range(0, len(x), batch):
-            xb = x[i : i + batch].to(model.device)
+        for _, xb in image_batches(x, batch):
+            xb = xb.to(model.device)
             if method == "iwae":
                 scores.append(-model.log_likelihood(xb, k).cpu())
             else:

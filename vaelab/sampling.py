@@ -38,16 +38,21 @@ def labels_for(model, num: int, label: int | None) -> torch.Tensor | None:
     return torch.arange(num) % k
 
 
-def draw(model, num: int, seed: int, labels: torch.Tensor | None = None, batch_size: int = 500) -> torch.Tensor:
-    """``num`` samples (num, C, H, W) float32 in [0, 1] on the CPU, in batches, from one seeded generator."""
+def draw_batches(model, num: int, seed: int, labels: torch.Tensor | None = None, batch_size: int = 500):
+    """``draw``'s samples as float32 (b, C, H, W) batches in [0, 1] on the CPU, in order: a large export writes
+    each batch before the next is drawn."""
     if num < 1:
         raise VaelabError("--num must be at least 1")
     generator = torch.Generator().manual_seed(seed)
-    chunks = []
     for start in range(0, num, batch_size):
         y = None if labels is None else labels[start : start + batch_size].to(model.device)
-        chunks.append(model.sample(min(batch_size, num - start), y=y, generator=generator).float().cpu())
-    return torch.cat(chunks)
+        with torch.no_grad():
+            yield model.sample(min(batch_size, num - start), y=y, generator=generator).float().cpu()
+
+
+def draw(model, num: int, seed: int, labels: torch.Tensor | None = None, batch_size: int = 500) -> torch.Tensor:
+    """``num`` samples (num, C, H, W) float32 in [0, 1] on the CPU, in batches, from one seeded generator."""
+    return torch.cat(list(draw_batches(model, num, seed, labels, batch_size)))
 
 
 def check_export_path(out: Path) -> None:
@@ -74,17 +79,31 @@ def export(images: torch.Tensor, labels: torch.Tensor | None, out: Path, grid_co
         save_grid(images, out, nrow=grid_columns or grid_nrow(len(images)))
 
 
-def write_png_folder(images: torch.Tensor, labels: torch.Tensor | None, out: Path, shard: int = 1000) -> None:
-    from torchvision.utils import save_image
-    from tqdm.auto import tqdm
+def write_png_folder(images, labels: torch.Tensor | None, out: Path, shard: int = 1000,
+                     total: int | None = None) -> None:
+    """PNG files in shards of ``shard`` (and labels.csv): ``images`` a tensor (N, C, H, W) in [0, 1] or an iterable
+    of such batches (``draw_batches``: written as they come, of ``total`` images)."""
+    from contextlib import nullcontext
 
+    from torchvision.utils import save_image
+
+    from .progress import Phase
+
+    batches = [images] if isinstance(images, torch.Tensor) else images
+    total = len(images) if isinstance(images, torch.Tensor) else total
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i, img in enumerate(tqdm(images, desc=f"writing PNGs to {out}", unit="img", disable=len(images) < 1000)):
-        name = f"{i // shard:05d}/{i:07d}.png"
-        (out / name).parent.mkdir(exist_ok=True)
-        save_image(img, out / name)
-        rows.append((name, None if labels is None else int(labels[i])))
+    i = 0
+    with Phase(f"writing PNGs to {out}", total) if total and total >= 1000 else nullcontext() as phase:
+        for batch in batches:
+            for img in batch:
+                name = f"{i // shard:05d}/{i:07d}.png"
+                (out / name).parent.mkdir(exist_ok=True)
+                save_image(img, out / name)
+                rows.append((name, None if labels is None else int(labels[i])))
+                i += 1
+            if phase is not None:
+                phase.advance(len(batch))
     if labels is not None:
         with open(out / "labels.csv", "w", newline="") as fh:
             writer = csv.writer(fh)

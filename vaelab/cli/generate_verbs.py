@@ -27,13 +27,17 @@ def sample(
 ):
     """Draw images: z from the run's fitted latent sampler (the prior N(0, I) where none is fitted), decoded."""
     from .. import load
-    from ..sampling import check_export_path, draw, export, labels_for
+    from ..sampling import check_export_path, draw, draw_batches, export, labels_for, write_png_folder
 
     check_export_path(out)
     model = load(run, device=device, weights=weights, sampler=sampler)
     labels = labels_for(model, num, label)
-    images = draw(model, num, seed, labels, batch_size)
-    export(images, labels, out, grid_columns=model.config.num_classes if labels is not None and label is None else None)
+    if out.suffix == "" or out.is_dir():  # a folder of PNGs: each batch written before the next is drawn
+        write_png_folder(draw_batches(model, num, seed, labels, batch_size), labels, out, total=num)
+    else:
+        images = draw(model, num, seed, labels, batch_size)
+        export(images, labels, out,
+               grid_columns=model.config.num_classes if labels is not None and label is None else None)
     typer.echo(f"wrote {num} samples to {out} (z from the {model.sampler_kind} sampler)")
 
 

@@ -118,7 +118,7 @@ def anomaly(
 
     from .. import load
     from ..config import DataConfig
-    from ..data import first_images, load_data, read_image_files
+    from ..data import load_data, read_image_files
     from ..latent import anomaly_scores, plot_histogram, read_anomaly_labels, roc_auc, write_scores
 
     if score not in ("elbo", "iwae"):
@@ -134,7 +134,7 @@ def anomaly(
         base = model.run_config.data
         split = load_data(DataConfig(name=data, image_size=model.config.image_size, channels=model.config.channels,
                                      root=base.root)).test
-        x = first_images(split, len(split))
+        x = split  # read a batch at a time
         names = [f"{data}:test:{i}" for i in range(len(x))]
         if anomalous_classes is not None:
             bad = torch.tensor([int(c) for c in anomalous_classes.split(",")])
@@ -160,7 +160,7 @@ def latent_map(
     device: str = typer.Option("cpu", "--device"),
 ):
     """Draw the latent space: the decoded manifold for a 2-D latent and a scatter of test encodings by class."""
-    from ..data import first_images, load_data
+    from ..data import load_data
     from .. import load
     from ..grids import save_grid
     from ..latent import encode_all, latent_scatter, manifold_grid
@@ -174,7 +174,7 @@ def latent_map(
         written.append("manifold.png")
     if model.has_encoder:
         split = load_data(model.run_config.data).test
-        z = encode_all(model, first_images(split, len(split)), split.labels)
+        z = encode_all(model, split, split.labels)
         how = latent_scatter(z, split.labels, out / "scatter.png", method)
         written.append(f"scatter.png ({how})")
     typer.echo(f"wrote {', '.join(written)} to {out}")

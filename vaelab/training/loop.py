@@ -54,6 +54,7 @@ class Trainer:
                  adapt_batch_size: bool = False):
         """``adapt_batch_size``: train.batch_size is a default rather than the user's choice, so a training split
         smaller than one batch shrinks it (with a warning) instead of stopping with an error."""
+        self.started = time.perf_counter()  # for the time to the first step (data, model, tracker start-up)
         self.cfg, self.progress = cfg, progress
         self.run = RunFolder(out)
         t = cfg.train
@@ -244,6 +245,8 @@ class Trainer:
                     ) from None
                 if self.average is not None:
                     self.average.update(self.model)
+                if self.started is not None:  # the first step of this session: how long the start-up took
+                    self._first_step(time.perf_counter() - self.started)
                 self.pos.step += 1
                 self.pos.batch += 1
                 for key, value in losses.items():
@@ -289,6 +292,12 @@ class Trainer:
             else:
                 break
         return self._finish(finished_reason)
+
+    def _first_step(self, seconds: float) -> None:
+        self.started = None
+        self.log({"event": "first_step", "step": self.pos.step + 1, "seconds_since_start": seconds})
+        if self.is_main and self.progress:
+            print(f"first training step {seconds:.1f} s after the start (data, model, trackers)", flush=True)
 
     def _end_of_epoch(self, images_per_s: float) -> None:
         t = self.cfg.train
