@@ -4,8 +4,8 @@
     python benchmarks/scale.py --images 200000 --size 64 --verbs decode train
     python benchmarks/scale.py --latents 128 512 2000 --verbs sampler-fit
 
-Makes (once) a folder of N JPEG images under --root (gradients and blurred shapes of a random colour, 10 class
-subfolders, in parallel processes), then runs each verb as a user would, in a fresh process, and records its wall
+Makes (once) a folder of N JPEG images under --root (gradients with a blurred disc or square whose shape and
+colour follow its class: 10 class subfolders; in parallel processes), then runs each verb as a user would, in a fresh process, and records its wall
 time and the peak resident memory of its whole process tree (sampled every 0.1 s from /proc: Linux only), beside
 the memory-mapped pixel cache's size. Each run appends one Markdown row per verb to --table (default
 benchmarks/scale-rows.md) with the date, commit and CPU, and prints it.
@@ -40,32 +40,37 @@ VERBS = ("decode", "load", "pipeline", "train", "fit-sampler", "evaluate", "samp
          "anomaly", "explore", "sampler-fit")
 
 
+CLASS_COLOURS = np.array([[230, 60, 60], [60, 200, 60], [60, 90, 230], [230, 200, 50], [200, 60, 200],
+                          [50, 200, 210], [240, 140, 40], [140, 90, 40], [250, 250, 250], [20, 20, 20]])
+
+
 def _make_image(task):
-    """One photo-like JPEG: a two-colour gradient with a blurred disc or square of a random colour."""
+    """One photo-like JPEG of class ``c``: a two-colour gradient with a blurred disc (classes 0-4) or square (5-9)
+    near the class's colour, of random place and size: classes a domain classifier can learn, as a user's would."""
     from PIL import Image, ImageDraw, ImageFilter
 
-    path, size, seed = task
+    path, size, seed, c = task
     rng = np.random.default_rng(seed)
     a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
     t = np.linspace(0, 1, size)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, size)[:, None, None]
     base = (a * (1 - t) + b * t) * np.ones((size, size, 3))
     img = Image.fromarray(base.astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    x, y, r = rng.integers(0, size, 2).tolist() + [int(rng.integers(size // 8, size // 3))]
-    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-    (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x - r, y - r, x + r, y + r], fill=colour)
+    x, y, r = rng.integers(size // 4, 3 * size // 4, 2).tolist() + [int(rng.integers(size // 6, size // 3))]
+    colour = tuple(int(v) for v in np.clip(CLASS_COLOURS[c] + rng.integers(-30, 31, 3), 0, 255))
+    (draw.ellipse if c < 5 else draw.rectangle)([x - r, y - r, x + r, y + r], fill=colour)
     img.filter(ImageFilter.GaussianBlur(size / 64)).save(path, quality=90)
 
 
 def make_folder(root: Path, images: int, size: int, classes: int = 10) -> Path:
     """The folder of ``images`` JPEGs of ``size`` px under ``root`` (reused when complete)."""
-    folder = root / f"photos-{images}-{size}px"
+    folder = root / f"classes-{images}-{size}px"
     done = folder / ".complete"
     if done.is_file():
         return folder
     for c in range(classes):
         (folder / f"class{c}").mkdir(parents=True, exist_ok=True)
-    tasks = [(folder / f"class{i % classes}" / f"{i:07d}.jpg", size, i) for i in range(images)]
+    tasks = [(folder / f"class{i % classes}" / f"{i:07d}.jpg", size, i, i % classes) for i in range(images)]
     start = time.perf_counter()
     with Pool(os.cpu_count()) as pool:
         for count, _ in enumerate(pool.imap_unordered(_make_image, tasks, chunksize=256), 1):
@@ -75,8 +80,9 @@ def make_folder(root: Path, images: int, size: int, classes: int = 10) -> Path:
     return folder
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and every process below it (from /proc)."""
+def _tree_rss(pid: int) -> tuple[int, int]:
+    """Resident bytes of ``pid`` and every process below it (from /proc): all of them, and the anonymous ones alone
+    (what the processes allocated, without file-backed pages: the memory-mapped pixel cache, libraries' code)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -86,31 +92,35 @@ def _tree_rss(pid: int) -> int:
                 children.setdefault(parent, []).append(int(entry))
             except (OSError, IndexError, ValueError):
                 pass
-    total, todo = 0, [pid]
+    total, anon, todo = 0, 0, [pid]
     while todo:
         p = todo.pop()
         todo += children.get(p, [])
         try:
-            with open(f"/proc/{p}/statm") as fh:
-                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
+            with open(f"/proc/{p}/status") as fh:
+                fields = dict(line.split(":", 1) for line in fh if ":" in line)
+            total += int(fields["VmRSS"].split()[0]) * 1024
+            anon += int(fields["RssAnon"].split()[0]) * 1024
+        except (OSError, KeyError, IndexError, ValueError):
             pass
-    return total
+    return total, anon
 
 
 def measure(command: list[str], log: Path, until: str | None = None, timeout: float = 3600) -> dict:
-    """Run ``command`` (output to ``log``); its wall seconds, peak tree RSS in GiB, exit code. ``until``: stop it
+    """Run ``command`` (output to ``log``); its wall seconds, peak tree RSS in GiB (all, and anonymous alone: what
+    it holds besides the memory-mapped pixels and code), exit code. ``until``: stop it
     (SIGINT) once its output contains this text (a server's start-up)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
     with open(log, "w") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        peak, stop = 0, threading.Event()
+        peak, peak_anon, stop = 0, 0, threading.Event()
 
         def sample():
-            nonlocal peak
+            nonlocal peak, peak_anon
             while not stop.is_set():
-                peak = max(peak, _tree_rss(proc.pid))
+                total, anon = _tree_rss(proc.pid)
+                peak, peak_anon = max(peak, total), max(peak_anon, anon)
                 stop.wait(0.1)
 
         watcher = threading.Thread(target=sample, daemon=True)
@@ -124,10 +134,14 @@ def measure(command: list[str], log: Path, until: str | None = None, timeout: fl
                 break
             time.sleep(0.2)
         seconds = time.perf_counter() - start
-        code = proc.wait()
+        try:
+            code = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # a server that does not stop on SIGINT
+            proc.kill()
+            code = proc.wait()
         stop.set()
         watcher.join()
-    return {"seconds": seconds, "peak_gib": peak / 2**30, "exit": code}
+    return {"seconds": seconds, "peak_gib": peak / 2**30, "peak_anon_gib": peak_anon / 2**30, "exit": code}
 
 
 def phase_lines(log: Path) -> list[str]:
@@ -267,7 +281,8 @@ def main() -> None:
                 if line.startswith("model name")), platform.processor())
     with open(args.table, "a") as fh:
         for row in rows:
-            line = (f"| {row['verb']} | {row['seconds']:.1f} | {row['peak_gib']:.2f} | {row['exit']} | {row['detail']} "
+            line = (f"| {row['verb']} | {row['seconds']:.1f} | {row['peak_gib']:.2f} | "
+                    f"{row.get('peak_anon_gib', float('nan')):.2f} | {row['exit']} | {row['detail']} "
                     f"| {date.today()} {commit} {cpu}, {os.cpu_count()} cores |")
             fh.write(line + "\n")
             print(line, flush=True)

@@ -150,6 +150,40 @@ def test_a_tracker_that_is_down_at_the_start_stops_the_run_before_training_unles
     assert summary["epochs_done"] == 2 and not (tmp_path / "on" / "trackers.json").exists()
 
 
+def test_credentials_in_a_tracker_uri_never_reach_disk_or_messages_and_a_failed_start_leaves_no_folder(tmp_path,
+                                                                                                     monkeypatch):
+    from vaelab.run import RunFolder
+    from vaelab.uris import redact
+
+    assert redact("https://alice:s3cret@mlflow.example.org:443/p") == "https://***@mlflow.example.org:443/p"
+    assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000" and redact(None) is None
+    uri = f"http://alice:s3cret@127.0.0.1:{_free_port()}"  # nothing listens there
+    with pytest.raises(TrackerUnavailable) as refused:
+        train(_tiny(tmp_path, ["mlflow"], **{"train.tracker_uri": uri}), tmp_path / "down", progress=False)
+    assert "s3cret" not in str(refused.value) and "***@127.0.0.1" in str(refused.value)
+    assert not (tmp_path / "down").exists()  # no half-made folder for the same --out to refuse
+    cfg = _tiny(tmp_path, [], **{"train.tracker_uri": uri})
+    RunFolder(tmp_path / "written").path.mkdir()
+    RunFolder(tmp_path / "written").write_config(cfg)
+    assert "s3cret" not in (tmp_path / "written" / "config.yaml").read_text()
+
+
+def test_evaluate_logs_unasked_only_to_a_tracker_on_this_machine_or_the_configured_server(tmp_path, monkeypatch):
+    """A run folder received from someone else names their server in trackers.json: evaluating it contacts nothing
+    unless --track asks (or the environment names that server)."""
+    from vaelab.tracking import track_evaluation
+
+    run = tmp_path / "theirs"
+    train(_tiny(tmp_path, []), run, progress=False)
+    silent = f"http://127.0.0.1:{_free_port()}"  # would refuse a connection: any attempt fails the start check
+    (run / "trackers.json").write_text(json.dumps({"mlflow": {"run_id": "abc", "tracking_uri": silent}}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert track_evaluation(run, {"split": "test"}) == []  # not contacted: nothing to warn about, nothing logged
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", silent)  # the environment names that server: it is asked (and down)
+    with pytest.warns(UserWarning, match="cannot be reached"):
+        assert track_evaluation(run, {"split": "test"}) == []
+
+
 def test_a_tracker_failing_mid_run_is_dropped_with_a_warning_and_the_run_completes(tmp_path):
     class Breaks(Tracker):
         name = "breaks"

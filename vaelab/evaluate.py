@@ -260,7 +260,10 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
                           f"none); evaluate --split test")
     y_real = part.labels
     n = num_samples or len(part)
-    result: dict = {"run": str(run), "weights": model.weights_file, "model": model.registry_name,
+    from .samplers.base import file_sha256
+
+    result: dict = {"run": str(run), "weights": model.weights_file,
+                    "weights_sha256": file_sha256(Path(run) / model.weights_file), "model": model.registry_name,
                     "conditional": model.is_conditional,
                     "precision": "fp32",  # evaluation never autocasts, whatever the training precision was
                     "image_shape": list(model.image_shape),

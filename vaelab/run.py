@@ -76,7 +76,10 @@ class RunFolder:
 
     # config ------------------------------------------------------------------------------------------
     def write_config(self, cfg) -> None:
+        from .uris import redact
+
         data = cfg.to_dict()
+        data["train"]["tracker_uri"] = redact(data["train"].get("tracker_uri"))  # credentials never go to disk
         data = {"vaelab_format": FORMAT_VERSION, **data}
         atomic_write_text(self.config_path, yaml.safe_dump(data, sort_keys=False))
 

@@ -25,11 +25,29 @@ from pathlib import Path
 
 from .config import TRACKER_NAMES
 from .errors import ConfigError, VaelabError
+from .uris import redact
 MLFLOW_PARAM_LIMIT = 6000  # characters of one parameter value MLflow stores
 
 
 class TrackerUnavailable(VaelabError):
     """A tracker asked for cannot be used: its extra is not installed, or its server cannot be reached."""
+
+
+def _mlflow_uri(recorded: str | None, cfg) -> str:
+    """The URI to reach: the environment's where its redacted form is the one recorded (credentials live there),
+    else the recorded or configured one, else MLflow's default."""
+    import mlflow
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    for candidate in (recorded, cfg.train.tracker_uri):
+        if candidate:
+            return env if env and redact(env) == candidate else candidate
+    return mlflow.get_tracking_uri()
+
+
+# tracker calls while a run trains wait this long at most, with one retry, before the tracker is dropped (MLflow's
+# own defaults retry a dead server for minutes, the training loop waiting on each call); the user's settings win
+TRACKER_HTTP = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 
 
 def flatten(values: dict, prefix: str = "") -> dict:
@@ -128,15 +146,18 @@ class MLflowTracker(Tracker):
         from mlflow.entities import Param, RunTag
         from mlflow.tracking import MlflowClient
 
-        uri = (previous or {}).get("tracking_uri") or cfg.train.tracker_uri or mlflow.get_tracking_uri()
+        for key, value in TRACKER_HTTP.items():
+            os.environ.setdefault(key, value)
+        uri = _mlflow_uri((previous or {}).get("tracking_uri"), cfg)
         self.client = MlflowClient(tracking_uri=uri)
         experiment = cfg.train.tracker_project or "vaelab"
         try:
             with _quick_http():
                 found = self.client.get_experiment_by_name(experiment)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store is the same problem for the user
-            raise TrackerUnavailable(f"the MLflow tracking server or store at {uri} cannot be reached ({_short(exc)}); "
-                                     f"start it, or point MLFLOW_TRACKING_URI / train.tracker_uri elsewhere") from None
+            raise TrackerUnavailable(f"the MLflow tracking server or store at {redact(uri)} cannot be reached "
+                                     f"({_short(exc)}); start it, or point MLFLOW_TRACKING_URI / train.tracker_uri "
+                                     f"elsewhere") from None
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         old = {}
         if previous and previous.get("run_id"):
@@ -155,7 +176,7 @@ class MLflowTracker(Tracker):
         if changed:  # MLflow keeps a parameter's first value; what a resume changed goes into a tag
             self.client.log_batch(self.run_id, tags=[RunTag("vaelab.changed_on_resume", ", ".join(
                 f"{k}={values[k]}" for k in changed)[:MLFLOW_PARAM_LIMIT])])
-        return {"run_id": self.run_id, "tracking_uri": uri, "experiment_id": experiment_id}
+        return {"run_id": self.run_id, "tracking_uri": redact(uri), "experiment_id": experiment_id}
 
     def log_metrics(self, values, step):
         from mlflow.entities import Metric
@@ -231,7 +252,7 @@ def _param_text(value) -> str:
 
 
 def _short(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(redact(word) for word in str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -261,6 +282,7 @@ class Trackers:
 
         previous = self.recorded() if resume else {}
         params = flatten(cfg.to_dict())
+        params["train.tracker_uri"] = redact(params.get("train.tracker_uri"))
         ids = dict(previous)
         for name in self.names:
             if name not in TRACKER_CLASSES:
@@ -329,11 +351,18 @@ def track_evaluation(run_path: str | Path, result: dict, names: list[str] | None
     run = RunFolder(run_path)
     trackers = Trackers(run.path, [])
     recorded = trackers.recorded()
-    trackers.names = [n for n in (names or list(recorded)) if n != "tensorboard"]
+    optional = names is None  # a recorded tracker that is down: a warning; one asked for by --track: an error
+    if names is None:  # unasked, only a tracker that reaches no server, or the server this environment names
+        skipped = [n for n in recorded if n != "tensorboard" and not _local_or_configured(n, recorded[n])]
+        if skipped:
+            print(f"not logging to {', '.join(skipped)}: the run was tracked on a server this environment does not "
+                  f"name (pass --track {skipped[0]} to log there)", flush=True)
+        names = [n for n in recorded if n not in skipped]
+    trackers.names = [n for n in names if n != "tensorboard"]
     if not trackers.names:
         return []
     cfg = run.read_config()
-    trackers.start(cfg, resume=True, optional=names is None)  # a recorded tracker that is down: a warning
+    trackers.start(cfg, resume=True, optional=optional)
     split = result.get("split", "test")
     values = numbers({k: v for k, v in result.items() if k in ("likelihood", "sample_metrics", "reconstruction",
                                                                 "utility")}, f"eval/{split}/")
@@ -343,6 +372,18 @@ def track_evaluation(run_path: str | Path, result: dict, names: list[str] | None
     logged = [t.name for t in trackers.active]
     trackers.finish()
     return logged
+
+
+def _local_or_configured(name: str, ids: dict) -> bool:
+    """Whether evaluating may log to a recorded tracker run unasked: an MLflow store on this machine (a file or
+    sqlite path) or the server MLFLOW_TRACKING_URI names; W&B offline (WANDB_MODE=offline or disabled)."""
+    if name == "mlflow":
+        uri = (ids or {}).get("tracking_uri") or ""
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        return uri.startswith(("file:", "sqlite:", "/")) or "://" not in uri or (env is not None and redact(env) == uri)
+    if name == "wandb":
+        return os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun")
+    return False
 
 
 def run_folder_of(reference: str) -> Path:

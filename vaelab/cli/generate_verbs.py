@@ -17,7 +17,8 @@ def sample(
     num: int = typer.Option(64, "--num", "-n", help="number of images"),
     out: Path = typer.Option(Path("samples.png"), "--out", "-o", help=".png grid, .npz (images float32 NCHW in [0,1]), or a folder (no extension) for PNG files"),
     seed: int = typer.Option(0, "--seed"),
-    label: Optional[int] = typer.Option(None, "--label", help="class to draw (conditional models)"),
+    label: Optional[int] = typer.Option(None, "--label", help="class to draw: a conditional model's, or any model's "
+                                        "whose latent sampler was fitted per class (the default on labelled data)"),
     batch_size: int = typer.Option(500, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     weights: str = typer.Option("best", "--weights", help="best: the epoch whose samples scored best in training "
@@ -46,7 +47,7 @@ def sample(
 def fit_sampler_command(
     run: Path = typer.Argument(..., help="run folder of a model with an encoder"),
     sampler: str = typer.Option("gmm", "--sampler", help="gmm: a Gaussian mixture on the training codes | flow: a "
-                                "neural spline flow | two-stage: Dai & Wipf's second VAE (each per class where the "
+                                "masked autoregressive flow (zuko's MAF) | two-stage: Dai & Wipf's second VAE (each per class where the "
                                 "data have labels)"),
     components: Optional[List[int]] = typer.Option(None, "--components", help="candidate numbers of components "
                                                    "(repeatable; default 10 20 50 100), chosen on validation"),

@@ -82,8 +82,9 @@ class SampleQuality:
         return torch.cat(chunks).double()
 
     @torch.no_grad()
-    def score(self, model, draw: int = 0) -> float | None:
-        """FID of the model's samples; ``draw`` picks the latent draws (0: the per-epoch score's)."""
+    def score(self, model, draw: int = 0, keep: list | None = None) -> float | None:
+        """FID of the model's samples; ``draw`` picks the latent draws (0: the per-epoch score's). ``keep``: a list
+        the samples (float (n, C, H, W) on the CPU) are appended to, for a caller that measures them further."""
         from ..processes import stream_seed
 
         if self.real is None:
@@ -102,4 +103,6 @@ class SampleQuality:
         finally:
             model.latent_sampler = own_sampler
             model.train(was_training)
+        if keep is not None:
+            keep.append(fake.cpu())
         return sm.fid(self.real, self._features(fake))

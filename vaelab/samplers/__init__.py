@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import VaelabError
-from .base import LatentSampler, read_sampler_files, sampler_paths
+from ..errors import RunFolderError, VaelabError
+from .base import LatentSampler, file_sha256, read_sampler_files, sampler_paths
 from .flow import FlowSampler, fit_flow
 from .mixture import MixtureSampler, fit_mixture
 from .two_stage import TwoStageSampler, fit_two_stage
@@ -98,18 +98,38 @@ def load(run: str | Path, device: str | torch.device = "cpu", weights: str = "be
                               f"sampler")
         return model
     kind = sampler or model.run_config.train.sampler
-    fitted = kind in SAMPLER_KINDS and sampler_paths(Path(run), kind)[1].is_file()
+    which = _sampler_weights(Path(run), kind, weights)
+    fitted = kind in SAMPLER_KINDS and sampler_paths(Path(run), kind, which)[1].is_file()
     if kind != "prior" and (sampler is not None or fitted):  # an unfitted default quietly stays the prior
-        model.latent_sampler = load_sampler(run, kind, model.config.latent_dim)
+        model.latent_sampler = load_sampler(run, kind, model.config.latent_dim, which,
+                                            file_sha256(Path(run) / model.weights_file), weights)
         model.sampler_kind = kind
     return model
 
 
-def load_sampler(run: str | Path, kind: str, latent_dim: int) -> LatentSampler:
-    """The saved sampler ``kind`` of run folder ``run``, checked against the model's latent size."""
+def _sampler_weights(run: Path, kind: str, weights: str) -> str:
+    """Which sampler files serve ``weights``: the last weights' own where fitted, else the kept weights' (valid for
+    them only where both are one file, which the weights hash checks)."""
+    if weights == "last" and sampler_paths(run, kind, "last")[1].is_file():
+        return "last"
+    return "best"
+
+
+def load_sampler(run: str | Path, kind: str, latent_dim: int, which: str = "best",
+                 weights_sha256: str | None = None, weights: str | None = None) -> LatentSampler:
+    """The saved sampler ``kind`` of run folder ``run`` (``which``: the files of its best or last weights),
+    checked against the model's latent size and, given ``weights_sha256``, against the weights file it will
+    decode for (``weights``: best | last, for the error's command)."""
     if kind not in SAMPLER_KINDS:
         raise VaelabError(f"unknown sampler {kind!r}; the samplers are {', '.join(KIND_NAMES)}")
-    tensors, meta = read_sampler_files(Path(run), kind)
+    tensors, meta = read_sampler_files(Path(run), kind, which)
+    fitted_on = meta.get("weights_sha256")
+    if weights_sha256 is not None and fitted_on is not None and fitted_on != weights_sha256:
+        raise RunFolderError(
+            f"the '{kind}' sampler of {run} was fitted on the codes of other weights than the {weights or 'given'} "
+            f"weights (its weights SHA-256 {fitted_on[:12]}..., theirs {weights_sha256[:12]}...): it would decode "
+            f"another model's codes. Fit one for them with `vaelab fit-sampler {run} --sampler {kind}"
+            f"{' --weights last' if weights == 'last' else ''}`, or draw from the prior (--sampler prior)")
     try:
         sampler = SAMPLER_KINDS[kind].from_tensors(tensors, meta)
     except (KeyError, ValueError, RuntimeError) as exc:
@@ -154,9 +174,11 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
     widen = spreads is None  # the wider spreads are a fallback of the default candidates only
     spreads = list(spreads or (GMM_SPREADS if kind == "gmm" else NETWORK_SPREADS))
     few = len(data.validation) < 2  # nothing to choose on: the first candidate, fitted once
+    sizes = list(components or GMM_COMPONENTS)[: 1 if few else None]
+    forms = mixture_forms(codes.shape[1])
+    staged = kind == "gmm" and len(forms) > 1 and not few  # the covariance form first, then the sizes in it
     if kind == "gmm":
-        bases = list(_mixtures(codes, labels, class_names, list(components or GMM_COMPONENTS)[: 1 if few else None],
-                               seed))
+        bases = list(_mixtures(codes, labels, class_names, sizes[:1] if staged else sizes, seed, forms))
     else:
         val_codes, val_labels = encode_codes(model, data.validation) if not few else (None, None)
         fit = fit_flow if kind == "flow" else fit_two_stage
@@ -176,10 +198,15 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
             for spread in spread_list:
                 row, sampler = {**base, "spread": spread}, fitted.with_spread(spread)
                 model.latent_sampler = sampler
-                row["validation_fid"] = judge.score(model)
+                scored: list = []
+                row["validation_fid"] = judge.score(model, keep=scored)
                 if len(x_val) >= 2:  # at least GUARD_SAMPLES draws: a few dozen validation images are noise enough
-                    draws = torch.Generator().manual_seed(stream_seed("sampler_fit", seed))
-                    fake = model.sample(max(len(x_val), GUARD_SAMPLES), generator=draws).float().cpu()
+                    # the score's samples, topped up from the fit's own stream (one decode of each draw, not two)
+                    fake = scored[0] if scored else torch.zeros(0)
+                    more = max(len(x_val), GUARD_SAMPLES) - len(fake)
+                    if more > 0:
+                        draws = torch.Generator().manual_seed(stream_seed("sampler_fit", seed))
+                        fake = torch.cat([fake, model.sample(more, generator=draws).float().cpu()])
                     check = sm.memorisation(fake, x_train, x_val, x_val_rec)
                     row["memorisation_ratio"] = check["ratio_to_reconstructions"]
                     row["memorisation_ratio_pixels"] = check["ratio"]
@@ -193,7 +220,15 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
                 if _better(row, best):
                     best, chosen = row, sampler
 
-    judge_each(spreads[: 1 if few else None], bases)
+    if staged:  # each form at the first size and spread; the other spreads and sizes in the better form alone
+        judge_each(spreads[:1], bases)
+        bases = [b for b in bases if b[0]["covariance"] == best.get("covariance", forms[0])]
+        judge_each(spreads[1:], bases)
+        more = list(_mixtures(codes, labels, class_names, sizes[1:], seed, (bases[0][0]["covariance"],)))
+        judge_each(spreads, more)
+        bases += more
+    else:
+        judge_each(spreads[: 1 if few else None], bases)
     if widen and not few and len(x_val) >= 2 and _guard_level(best) < 2:
         # the smallest mixture: at every spread measured it drew furthest from the training images
         smallest = min(bases, key=lambda b: b[1].settings.get("components", 0))
@@ -210,7 +245,8 @@ def fit_sampler(run: str | Path, kind: str = "gmm", weights: str = "best", compo
                                     f"spreads {', '.join(map(str, WIDER_SPREADS))} too; failing that, the second "
                                     f"alone",
                             "fit_seconds": time.perf_counter() - start})
-    chosen.save(run)
+    chosen.settings["weights_sha256"] = file_sha256(Path(run) / model.weights_file)
+    chosen.save(run, weights if weights == "last" else "best", chosen.settings["weights_sha256"])
     return chosen
 
 
@@ -240,11 +276,9 @@ def mixture_forms(latent_dim: int) -> tuple[str, ...]:
     return ("full",) if latent_dim <= FULL_COVARIANCE_MAX_DIM else ("pca", "diag")
 
 
-def _mixtures(codes, labels, class_names, components, seed):
+def _mixtures(codes, labels, class_names, components, seed, forms=("full",)):
     """({"components": k[, "covariance": form]}, mixture) for each candidate number of components and covariance
-    form (``mixture_forms``), one EM fit each (the spreads reuse it); a k capped by the codes to a mixture already
-    fitted is left out."""
-    forms = mixture_forms(codes.shape[1])
+    form, one EM fit each (the spreads reuse it); a k capped by the codes to a mixture already fitted is left out."""
     for form in forms:
         fitted_sizes = set()
         for k in components:

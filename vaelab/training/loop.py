@@ -107,6 +107,7 @@ class Trainer:
         self.quality = None  # the best-weights score, built at the first epoch's end
         self.warned_no_choice = False
         if self.is_main:
+            created = not self.run.path.exists()
             self.run.path.mkdir(parents=True, exist_ok=True)
             if not resume:  # best weights of an earlier run in this folder are not this run's
                 self.run.best_weights_path.unlink(missing_ok=True)
@@ -122,8 +123,15 @@ class Trainer:
             if t.trackers:  # a tracker that cannot be reached stops the run here, before any training
                 from ..tracking import Trackers
 
-                self.trackers = Trackers(self.run.path, t.trackers).start(cfg, resume=resume,
-                                                                           optional=t.tracker_optional)
+                try:
+                    self.trackers = Trackers(self.run.path, t.trackers).start(cfg, resume=resume,
+                                                                               optional=t.tracker_optional)
+                except Exception:
+                    if created:  # nothing trained: no half-made run folder for the same --out to refuse later
+                        import shutil
+
+                        shutil.rmtree(self.run.path, ignore_errors=True)
+                    raise
 
     # state -------------------------------------------------------------------------------------------
     def _restore(self, state: dict) -> None:
