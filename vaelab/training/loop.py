@@ -237,6 +237,8 @@ class Trainer:
             rolled_back = False
             for batch in iterate_batches(self.data.train, batches[self.pos.batch :], self.device, self.cfg.data.num_workers):
                 self.updates.step = self.pos.step
+                if self.started is not None:  # the first batch of this session is ready: how long start-up took
+                    self._first_step(time.perf_counter() - self.started)
                 try:
                     losses = self.train_step(batch)
                 except TrainingDiverged as exc:
@@ -253,8 +255,6 @@ class Trainer:
                     ) from None
                 if self.average is not None:
                     self.average.update(self.model)
-                if self.started is not None:  # the first step of this session: how long the start-up took
-                    self._first_step(time.perf_counter() - self.started)
                 self.pos.step += 1
                 self.pos.batch += 1
                 for key, value in losses.items():
@@ -305,7 +305,7 @@ class Trainer:
         self.started = None
         self.log({"event": "first_step", "step": self.pos.step + 1, "seconds_since_start": seconds})
         if self.is_main and self.progress:
-            print(f"first training step {seconds:.1f} s after the start (data, model, trackers)", flush=True)
+            print(f"first training step starts {seconds:.1f} s after the start (data, model, trackers)", flush=True)
 
     def _end_of_epoch(self, images_per_s: float) -> None:
         t = self.cfg.train
