@@ -43,12 +43,17 @@ def _resolve_features(specs: list[str], run_cfg, data, inception_weights, downlo
     return extractors
 
 
+def sample_labels(model, n: int, num_classes: int) -> torch.Tensor | None:
+    """The classes (n,) a conditional model's n samples are drawn with (uniform, in turn); None otherwise."""
+    return torch.arange(n) % num_classes if model.is_conditional else None
+
+
 def generate(model, n: int, seed: int, num_classes: int, stream: str = "evaluate_samples"):
     """n samples (float (n, C, H, W) in [0, 1]) and their labels for conditional models (uniform over classes).
 
     Chunks of ``CHUNK`` are seeded by their index in seed stream ``stream`` (never the training-time score's draws)
     and split across processes under torchrun (every process gets all n, the same set as one process draws)."""
-    labels = torch.arange(n) % num_classes if model.is_conditional else None
+    labels = sample_labels(model, n, num_classes)
     return torch.cat(map_chunks(_sample_maker(model, n, seed, num_classes, stream), math.ceil(n / CHUNK))), labels
 
 
@@ -101,7 +106,7 @@ def generate_uint8(model, n: int, seed: int, num_classes: int, stream: str = "ut
     """``generate``'s draws held as uint8 (n, C, H, W) (a quarter of float32's memory) and their labels."""
     make = _sample_maker(model, n, seed, num_classes, stream)
     to_uint8 = lambda x: (x * 255).round().clamp(0, 255).to(torch.uint8)
-    labels = torch.arange(n) % num_classes if model.is_conditional else None
+    labels = sample_labels(model, n, num_classes)
     return torch.cat(map_chunks(lambda i: to_uint8(make(i)), math.ceil(n / CHUNK))), labels
 
 
@@ -132,7 +137,7 @@ def _split_reader(split, count: int, spaced: bool = False):
 
 def _sample_maker(model, n: int, seed: int, num_classes: int, stream: str = "evaluate_samples"):
     """i -> chunk i of ``generate(model, n, seed, num_classes, stream)``'s samples (a chunk at a time)."""
-    labels = torch.arange(n) % num_classes if model.is_conditional else None
+    labels = sample_labels(model, n, num_classes)
 
     @torch.no_grad()
     def chunk(i: int) -> torch.Tensor:
@@ -288,7 +293,7 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
                                         "embedding the real images" if say else None)
     fake_emb, fake = _embedded_stream(extractors, _sample_maker(model, n, seed, max(1, data.num_classes)), n,
                                       "drawing and embedding the samples" if say else None)
-    fake_labels = torch.arange(n) % max(1, data.num_classes) if model.is_conditional else None
+    fake_labels = sample_labels(model, n, max(1, data.num_classes))
     recon_emb, recon = (None, None)
     if model.has_encoder:
         recon_emb, recon = _embedded_stream(extractors, _reconstruction_maker(model, part), len(part),

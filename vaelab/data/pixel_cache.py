@@ -62,13 +62,13 @@ def _decode_chunk(task):
     out = np.zeros((len(files), channels, size, size), dtype=np.uint8)
     failed = []
     for i, f in enumerate(files):
+        if os.path.getsize(f) == 0:
+            failed.append((start + i, "empty file (0 bytes)"))
+            continue
         try:
-            if os.path.getsize(f) == 0:
-                raise ValueError("empty file (0 bytes)")
             out[i] = image_array(decode_image(f, channels, size), channels, size).transpose(2, 0, 1)
         except Exception as exc:  # noqa: BLE001  (any unreadable file is reported, never a crash mid-folder)
-            failed.append((start + i, str(exc) if isinstance(exc, ValueError) and "empty" in str(exc)
-                           else f"{type(exc).__name__}: {exc}"))
+            failed.append((start + i, f"{type(exc).__name__}: {exc}"))
     return start, out, failed
 
 
