@@ -29,7 +29,7 @@ def variant_runner(variant: str, preset: str, precision: str, steps: int, out: P
     unknown = on - set(SWITCHES)
     if unknown:
         raise SystemExit(f"unknown switch {sorted(unknown)}; choose from {sorted(SWITCHES)}, defaults, all-off")
-    cfg = load_config(preset=preset, overrides=[f"train.precision={precision}", "train.tensorboard=false",
+    cfg = load_config(preset=preset, overrides=[f"train.precision={precision}", "train.trackers=[]",
                                                 "train.device=cpu", *(f"{key}={name in on}" for name, key in SWITCHES.items())])
     trainer = Trainer(cfg, out, progress=False)
     trainer.model.train()

@@ -17,24 +17,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common import classifier_space, evaluation, vaelab  # benchmarks/ is the script's folder
 
-def run(preset: str, precision: str, seed: int, sets: list[str], root: Path) -> dict:
+
+def run(preset: str, precision: str, seed: int, sets: list[str], root: Path, split: str = "test") -> dict:
     out = root / f"{preset}-{precision}-{seed}"
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "vaelab", "train", "--preset", preset, "--out", str(out), "--no-progress",
-               "--precision", precision, "--seed", str(seed), "--set", "train.tensorboard=false"]
+               "--precision", precision, "--seed", str(seed), "--set", "train.trackers=[]"]
     for s in sets:
         command += ["--set", s]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((out / "summary.json").read_text())
     row = {"images_per_s": summary["images_per_s"]}
-    if "elbo_nats" in summary.get("likelihood", {}):
+    if "elbo_nats" in summary.get("likelihood", {}) and split == "test":
         row["test ELBO"] = summary["likelihood"]["elbo_nats"]
     else:
-        subprocess.run([sys.executable, "-m", "vaelab", "evaluate", str(out), "--k", "0", "--no-utility"],
-                       check=True, stdout=subprocess.DEVNULL, cwd=root)
-        metrics = json.loads((out / "eval" / "metrics.json").read_text())
-        space = next(v for k, v in metrics["sample_metrics"]["features"].items() if k.startswith("classifier"))
+        vaelab("evaluate", out, "--k", "0", "--no-utility", "--split", split, cwd=root)
+        metrics = evaluation(out)
+        if "elbo_nats" in metrics.get("likelihood", {}):
+            row[f"{split} ELBO"] = metrics["likelihood"]["elbo_nats"]
+            return row
+        space = classifier_space(metrics)
         row.update({"FID (classifier)": space["fid"], "precision": space["precision"], "recall": space["recall"]})
     return row
 
@@ -45,13 +49,15 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--runs", default="/tmp/vaelab-precision")
     parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--split", default="test", choices=["validation", "test"], help="the images scored against: "
+                        "validation to choose a precision policy, test for its number")
     args = parser.parse_args()
     root = Path(args.runs)
     root.mkdir(parents=True, exist_ok=True)
     lines = ["| preset | precision | seeds | images/s | metric | mean | sd | per seed |", "|---|---|---|---|---|---|---|---|"]
     for preset in args.presets:
         for precision in ("fp32", "bf16"):
-            rows = [run(preset, precision, seed, args.sets, root) for seed in args.seeds]
+            rows = [run(preset, precision, seed, args.sets, root, args.split) for seed in args.seeds]
             speed = statistics.mean(r["images_per_s"] for r in rows)
             for metric in [k for k in rows[0] if k != "images_per_s"]:
                 values = [r[metric] for r in rows]

@@ -61,7 +61,7 @@ class StepClock:
 
 def build_vaelab_model(epochs: int, precision: str = "fp32", preset: str = "vae-mnist"):
     return load_config(preset=preset, overrides=[f"train.epochs={epochs}", f"train.precision={precision}",
-                                                 "train.tensorboard=false", "train.device=cpu"])
+                                                 "train.trackers=[]", "train.device=cpu"])
 
 
 def pythae_encoder_decoder(reference):

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import classifier_space  # benchmarks/ is the script's folder
+
 HYBRIDS = ["vae-mnist", "vaegan-mnist", "gvae-sagar-mnist", "avae-khan-mnist", "began-star-mnist"]
 COLUMNS = [("budget_s", "train s", "{:.0f}"), ("fid", "FID", "{:.1f}"), ("kid", "KID", "{:.3f}"),
            ("precision", "precision", "{:.2f}"), ("recall", "recall", "{:.2f}"), ("classes", "classes", "{:.1f}"),
@@ -40,7 +42,7 @@ def run_one(preset: str, seed: int, sets: list[str], root: Path, weights: str, l
     out = root / f"{preset}-s{seed}{'-baseline' if label else ''}"
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "vaelab", "train", "--preset", preset, "--out", str(out), "--no-progress",
-               "--seed", str(seed), "--set", "train.tensorboard=false"]
+               "--seed", str(seed), "--set", "train.trackers=[]"]
     for s in sets:
         command += ["--set", s]
     start = time.perf_counter()
@@ -50,7 +52,7 @@ def run_one(preset: str, seed: int, sets: list[str], root: Path, weights: str, l
                     "--no-utility", "--weights", weights, "--split", split], check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((out / "summary.json").read_text())
     result = json.loads((out / "eval" / "metrics.json").read_text())
-    space = next(v for k, v in result["sample_metrics"]["features"].items() if k.startswith("classifier"))
+    space = classifier_space(result)
     lik = result.get("likelihood", {})
     row = {"preset": label or preset, "seed": seed, "split": result["split"], "budget_s": summary["train_seconds"],
            "wall_s": wall,

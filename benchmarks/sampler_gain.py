@@ -22,12 +22,16 @@ from pathlib import Path
 
 import torch
 
+from common import classifier_space, emit, evaluation, mean_sd, vaelab  # benchmarks/ is the script's folder
+
+
+SPLIT = "test"  # --split: validation to choose (a default kind, a setting), test for the number
+
 
 def evaluate(run: Path, sampler: str) -> dict:
-    subprocess.run([sys.executable, "-m", "vaelab", "evaluate", str(run), "--num-samples", "1000", "--k", "0",
-                    "--no-utility", "--sampler", sampler], check=True, stdout=subprocess.DEVNULL)
-    result = json.loads((run / "eval" / "metrics.json").read_text())
-    space = next(v for k, v in result["sample_metrics"]["features"].items() if k.startswith("classifier"))
+    vaelab("evaluate", run, "--num-samples", "1000", "--k", "0", "--no-utility", "--sampler", sampler, "--split", SPLIT)
+    result = evaluation(run)
+    space = classifier_space(result)
     return {"fid": space["fid"], "kid": space["kid"], "precision": space["precision"], "recall": space["recall"],
             "coverage": space["coverage"], "density": space["density"],
             "classes": space["class_coverage"]["classes_present"], "floor": space.get("real_data_floor_fid"),
@@ -64,28 +68,18 @@ def measure(run: Path, kind: str, fit: bool = True) -> dict:
             "label_accuracy": label_accuracy(run, kind)}
 
 
-def emit(row: dict, out: Path | None) -> None:
-    """Print a result row as JSON and append it to ``out`` (JSON lines) where given."""
-    print(json.dumps(row), flush=True)
-    if out:
-        with open(out, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-
-
-def mean_sd(values: list[float], fmt: str) -> str:
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--samplers", nargs="+", default=["gmm"])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--split", default="test", choices=["validation", "test"], help="the images evaluate scores "
+                        "against: validation for a choice, test for its number")
     parser.add_argument("--no-prior", action="store_true", help="skip the prior's evaluation (measured already)")
     parser.add_argument("--no-refit", action="store_true", help="evaluate a run's existing fit of a kind")
     args = parser.parse_args()
+    global SPLIT
+    SPLIT = args.split
     rows = []
     for run in args.runs:
         row = {"run": run.name, **({} if args.no_prior else {"prior": evaluate(run, "prior")})}

@@ -177,8 +177,9 @@ def run_verbs(args) -> list[dict]:
         log = work / f"{verb}-{args.images}-{args.size}px.log"
         detail = ""
         if verb in ("decode", "load"):
-            if verb == "decode":
-                shutil.rmtree(cache / "pixels", ignore_errors=True)
+            if verb == "decode":  # this folder's entry only: the other folders' rows stay comparable
+                for entry in (cache / "pixels").glob(f"{folder.name}-{args.size}px-*"):
+                    shutil.rmtree(entry, ignore_errors=True)
             code = (f"from vaelab.config import DataConfig; from vaelab.data import load_data; "
                     f"d = load_data(DataConfig(name='folder:{folder}', image_size={args.size})); print(d.description)")
             result = measure([sys.executable, "-c", code], log)
@@ -198,7 +199,9 @@ def run_verbs(args) -> list[dict]:
         elif verb == "fit-sampler":
             result = measure(vaelab("fit-sampler", str(run)), log)
         elif verb == "evaluate":
-            result = measure(vaelab("evaluate", str(run)), log)
+            k = [] if args.evaluate_k is None else ["--k", str(args.evaluate_k)]
+            result = measure(vaelab("evaluate", str(run), *k), log)
+            detail = f"--k {args.evaluate_k}" if k else ""
         elif verb == "sample":
             shutil.rmtree(work / "synthetic", ignore_errors=True)
             result = measure(vaelab("sample", str(run), "--num", "50000", "--out", str(work / "synthetic")), log)
@@ -272,6 +275,8 @@ def main() -> None:
     parser.add_argument("--preset", default="vaegan-larsen-celeba64")
     parser.add_argument("--verbs", nargs="+", default=[v for v in VERBS if v != "sampler-fit"])
     parser.add_argument("--latents", nargs="+", type=int, default=[128, 512, 2000])
+    parser.add_argument("--evaluate-k", type=int, default=None, help="evaluate's importance samples (its default "
+                        "1,000 over every test image is a GPU's work at 128 px: --evaluate-k 0 for the rest)")
     parser.add_argument("--root", default="/tmp/vaelab-scale")
     parser.add_argument("--table", default=str(ROOT / "benchmarks" / "scale-rows.md"))
     args = parser.parse_args()

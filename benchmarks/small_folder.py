@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from sampler_gain import emit, mean_sd  # benchmarks/ is the script's folder
+from common import emit, mean_sd  # benchmarks/ is the script's folder
 
 
 def write_folder(n: int, root: Path) -> Path:
@@ -56,8 +56,9 @@ def write_folder(n: int, root: Path) -> Path:
 
 
 @torch.no_grad()
-def score(run: Path, sampler: str | None, weights: str) -> dict:
-    """What `vaelab sample RUN` draws, against the mnist5k test digits in vaelab's mnist5k classifier space."""
+def score(run: Path, sampler: str | None, weights: str, split: str = "test") -> dict:
+    """What `vaelab sample RUN` draws, against the mnist5k ``split`` digits (up to 1,000: test, or validation for a
+    choice) in vaelab's mnist5k classifier space."""
     from vaelab import load
     from vaelab.config import DataConfig
     from vaelab.data import load_data, spaced_images
@@ -68,7 +69,7 @@ def score(run: Path, sampler: str | None, weights: str) -> dict:
     reference_cfg = DataConfig(name="mnist5k")
     reference = load_data(reference_cfg)
     extractor = feats.ClassifierExtractor(feats.cached_classifier(reference, reference_cfg))
-    real, _ = spaced_images(reference.test, 1000)
+    real, _ = spaced_images(reference.split(split), 1000)
     fake = model.sample(1000, generator=torch.Generator().manual_seed(2024)).float().cpu()
     f_real, _ = extractor.embed(real.float())
     f_fake, logits = extractor.embed(fake)
@@ -100,6 +101,8 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("/tmp/vaelab-small"))
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--weights", default="best")
+    parser.add_argument("--split", default="test", choices=["validation", "test"], help="the mnist5k digits "
+                        "scored against: validation for a choice (a setting, a threshold), test for its number")
     parser.add_argument("--sampler", default=None, help="default: the run's own default (what `vaelab sample` uses)")
     parser.add_argument("--tag", default="", help="appended to the run folders' names (--tag=-aug: '=' before a "
                         "leading dash)")
@@ -125,7 +128,8 @@ def main() -> None:
                         command += ["--set", s]
                     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
                 row = {"preset": preset, "size": size, "seed": seed, "sets": args.sets, "tag": args.tag,
-                       "wall_s": time.perf_counter() - start, **score(run, args.sampler, args.weights)}
+                       "wall_s": time.perf_counter() - start, **score(run, args.sampler, args.weights, args.split),
+                       "split": args.split}
                 rows.append(row)
                 emit(row, args.out)
     print("| preset | images | seeds | FID | precision | recall | coverage | classes | memorisation px | kept epoch "

@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--set", action="append", default=[], help="config override, e.g. train.channels_last=false")
     args = parser.parse_args()
-    cfg = load_config(preset=args.preset, overrides=[f"train.precision={args.precision}", "train.tensorboard=false",
+    cfg = load_config(preset=args.preset, overrides=[f"train.precision={args.precision}", "train.trackers=[]",
                                                      "train.device=cpu", *args.set])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run", progress=False)

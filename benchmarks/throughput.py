@@ -62,7 +62,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
 
 
 def trainer_for(preset: str, precision: str, extra: list[str], out: Path) -> Trainer:
-    cfg = load_config(preset=preset, overrides=[f"train.precision={precision}", "train.tensorboard=false",
+    cfg = load_config(preset=preset, overrides=[f"train.precision={precision}", "train.trackers=[]",
                                                 "train.device=cpu", *extra])
     return Trainer(cfg, out, progress=False)
 

@@ -2,10 +2,12 @@ import os
 import warnings
 
 import pytest
+import torch
 
 from vaelab.config import fill_data_shape, load_config
 from vaelab.data import load_data
 from vaelab.models import build_model
+from vaelab.models.base import GaussianLatentModel
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -60,3 +62,20 @@ def built_model(preset, **sets):
 def parameters_of(module):
     """Copies of a module's parameters, to compare before and after an update."""
     return [p.detach().clone() for p in module.parameters()]
+
+
+class PixelCodes(GaussianLatentModel):
+    """A toy unconditional model whose codes are its 4x4 images' pixels (encode(x) = x, decode(z) = z): a draw at a
+    training code is that training image, as a decoder that has learned its training images decodes one."""
+
+    def __init__(self):
+        torch.nn.Module.__init__(self)
+        self.config = type("C", (), {"latent_dim": 16, "channels": 1, "image_size": 4, "logvar_min": -30,
+                                     "logvar_max": 20})()
+        self.dummy = torch.nn.Linear(1, 1)
+
+    def encode(self, x, y=None):
+        return x.flatten(1), torch.full_like(x.flatten(1), -10.0)
+
+    def decode(self, z, y=None):
+        return z.clamp(0, 1).view(-1, 1, 4, 4)

@@ -30,14 +30,14 @@ def main(out, record, batch_size, steps):
                  "avae-khan-mnist": ["model.widths=[4, 8]", "model.filters=4", "model.latent_dim=4",
                                      "model.lambdas=[0.1, 0.01, 0.01]"]}[preset]
         cfg = load_config(preset=preset, overrides=[*sizes, f"train.batch_size={batch_size}", f"train.max_steps={steps}",
-                                                    "train.log_every=1", "train.tensorboard=false",
+                                                    "train.log_every=1", "train.trackers=[]",
                                                     "train.num_sample_images=4", "train.precision=fp32"])
     else:
         cfg = load_config(overrides=[
             "model.widths=[8, 16]", "model.latent_dim=4", "model.norm=none", f"train.batch_size={batch_size}",
             # sigma = exp(-15): z = mu, so the per-process reparameterisation noise cannot tell the runs apart
             "model.logvar_min=-30", "model.logvar_max=-30",
-            f"train.max_steps={steps}", "train.log_every=1", "train.tensorboard=false", "train.num_sample_images=4",
+            f"train.max_steps={steps}", "train.log_every=1", "train.trackers=[]", "train.num_sample_images=4",
             "train.checkpoint_every_steps=2",  # device "auto", as the CLI default
             "train.precision=fp32"])  # the doubled-batch comparison is exact up to float order only in fp32
     nan_step = int(os.environ.get("VAELAB_TEST_NAN_ON_RANK1_AT_STEP", "0"))

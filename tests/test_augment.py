@@ -146,7 +146,7 @@ def test_the_adaptive_probability_is_exact_across_a_resume(tmp_path):
     sets = {**TINY_VAEGAN, "model.augment": "translation", "model.augment_below_images": "null",
             "model.augment_target": -0.5,
             "model.augment_speed_images": 2000, "train.track_best": "false", "train.batch_size": 32,
-            "train.tensorboard": "false", "train.eval_images": 64, "train.epochs": 1}
+            "train.trackers": "[]", "train.eval_images": 64, "train.epochs": 1}
     config = lambda steps: load_config(preset="vaegan-mnist", overrides=tiny_overrides(
         vae=False, **sets, **{"train.max_steps": steps}))
     train(config(10), tmp_path / "straight", progress=False)

@@ -85,3 +85,18 @@ def test_a_run_folder_written_before_a_key_was_renamed_still_loads(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert load_config(config_file=str(path)).train.cpu_bf16_convs is False
+
+
+def test_a_run_folder_written_before_a_dead_key_was_removed_still_loads(tmp_path):
+    """model.augment_probability was removed (nothing set it but its default 1.0): an older config.yaml holding 1.0
+    loads, another value is an unknown key (it would have changed what the run did)."""
+    raw = load_config(preset="vaegan-mnist").to_dict()
+    assert "augment_probability" not in raw["model"]
+    raw["model"]["augment_probability"] = 1.0
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(config_file=str(path)).model.name == "vaegan"
+    raw["model"]["augment_probability"] = 0.5
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="unknown key.*augment_probability"):
+        load_config(config_file=str(path))

@@ -18,7 +18,7 @@ CYCLES = int(os.environ.get("VAELAB_KILL_CYCLES", "3"))  # benchmarks/soak_kill.
 EPOCHS = max(3, CYCLES * 25 // 80 + 2)  # 80 steps an epoch; a cycle advances 3-40 steps: room for every kill
 SETS = ["model.widths=[16, 32]", "model.latent_dim=8", "train.batch_size=50", f"train.epochs={EPOCHS}",
         "train.log_every=1", "train.checkpoint_every_steps=7", "train.keep_checkpoints=2",
-        "train.tensorboard=false", "train.num_sample_images=8", "train.seed=5",
+        "train.trackers=[]", "train.num_sample_images=8", "train.seed=5",
         "train.sampler=prior"]  # the end-of-run sampler fit is not what a kill tests (test_samplers.py)
 
 

@@ -13,7 +13,8 @@ from vaelab.cli import app
 from vaelab.config import DataConfig, load_config
 from vaelab.data import load_data
 from vaelab.data import first_images
-from vaelab.evaluate import better, evaluate, generate, headline
+from vaelab.evaluate import evaluate, generate
+from vaelab.evaluation_report import better, headline
 from vaelab.metrics import samples as sm
 from vaelab.metrics.features import ClassifierExtractor, train_and_save_classifier
 from vaelab.run import load
@@ -313,7 +314,10 @@ def test_evaluate_on_the_validation_split_says_so_and_compare_does_not_rank_it_a
     val = evaluate(a, split="validation", num_samples=50, features=["pixels"], k=0, progress=False)
     assert val["split"] == "validation" and val["real_images"] == 500
     assert json.loads((a / "eval" / "metrics.json").read_text())["split"] == "validation"
-    evaluate(b, split="test", num_samples=50, features=["pixels"], k=0, progress=False)
+    test = evaluate(b, split="test", num_samples=50, features=["pixels"], k=0, progress=False)
+    # a setting chosen on the validation split's draws is reported on other latents: the two splits' samples differ
+    assert val["seed_first_chunk"] != test["seed_first_chunk"]
+    assert val["sample_metrics"]["sharpness_samples"] != test["sample_metrics"]["sharpness_samples"]
     md = (compare([a, b], tmp_path / "c") / "report.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| fid_pixels |"))
     assert "split" in row and "**" not in row

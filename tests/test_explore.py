@@ -22,7 +22,7 @@ from vaelab.explore import Explorer  # noqa: E402
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("explore")
-    train(load_config(overrides=["train.epochs=3", "train.tensorboard=false", "train.num_sample_images=16",
+    train(load_config(overrides=["train.epochs=3", "train.trackers=[]", "train.num_sample_images=16",
                               "train.sampler=prior"]),
           root / "vae", progress=False)
     return root / "vae"

@@ -25,7 +25,7 @@ runner = CliRunner()
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("latent")
     # the default architecture, 5 epochs: good enough that reconstructions and edits are recognisable digits
-    train(load_config(overrides=["train.epochs=5", "train.tensorboard=false", "train.num_sample_images=16",
+    train(load_config(overrides=["train.epochs=5", "train.trackers=[]", "train.num_sample_images=16",
                               "train.sampler=prior"]),
           root / "vae", progress=False)
     train(load_config(preset="cvae-mnist", overrides=tiny_overrides(vae=False, **{"train.epochs": 2})), root / "cvae",

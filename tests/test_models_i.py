@@ -142,7 +142,7 @@ def test_each_update_touches_only_its_own_network(preset):
 def test_short_mnist5k_run_has_finite_losses(preset, tmp_path):
     cfg = load_config(preset=preset, overrides=[
         "train.epochs=1", "train.max_steps=6", "train.batch_size=32", "train.log_every=2",
-        "train.num_sample_images=20", "train.tensorboard=false", "train.eval_images=64"])
+        "train.num_sample_images=20", "train.trackers=[]", "train.eval_images=64"])
     summary = train(cfg, tmp_path / "r", progress=False)
     rows = [r for r in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) >= 3

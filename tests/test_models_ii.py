@@ -358,7 +358,7 @@ def test_vaegan_and_gvae_updates_touch_only_their_own_groups():
 
 
 def _small(preset, **extra):
-    sets = {"train.batch_size": 32, "train.log_every": 1, "train.num_sample_images": 16, "train.tensorboard": "false",
+    sets = {"train.batch_size": 32, "train.log_every": 1, "train.num_sample_images": 16, "train.trackers": "[]",
             "train.eval_images": 64, "train.epochs": 1, **extra}
     return load_config(preset=preset, overrides=[f"{k}={v}" for k, v in sets.items()])
 

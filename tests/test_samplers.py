@@ -7,13 +7,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import tiny_overrides
+from conftest import PixelCodes, tiny_overrides
 from vaelab.cli import app
 from vaelab.config import DataConfig, load_config
 from vaelab.data import first_images, load_data
 from vaelab.errors import RunFolderError, VaelabError
 from vaelab.metrics import samples as sm
-from vaelab.models.base import GaussianLatentModel
 from vaelab.samplers import fit_flow, fit_mixture, fit_two_stage, load_sampler
 from vaelab.training import train
 
@@ -123,6 +122,20 @@ def test_the_spread_scales_the_draws_around_each_component():
     fitted = fit_mixture(codes, 3)
     centre = fitted.means.float()[torch.cdist(narrow, fitted.means.float()).argmin(1)]
     assert torch.allclose(wide - centre, 2 * (narrow - centre), atol=1e-4)
+    # with_spread, the method the sampler fit judges its spreads by, draws what a fit at that spread draws
+    assert torch.equal(fitted.with_spread(2.0).sample(3000, generator=torch.Generator().manual_seed(0)), wide)
+    assert fitted.settings["spread"] == 1.0  # and leaves the fitted sampler as it was
+
+
+def test_a_network_samplers_spread_scales_its_base_noise():
+    codes, which, _ = _known_mixture(600)
+    fitted = fit_flow(codes, which, ["a", "b", "c"], max_epochs=2)
+    classes = torch.arange(90) % 3
+    draw = lambda s: s.sample(90, generator=torch.Generator().manual_seed(3), y=classes)
+    still = draw(fitted.with_spread(0.0))  # no base noise: one code per class
+    for c in range(3):
+        assert torch.allclose(still[classes == c], still[classes == c][:1].expand(30, -1), atol=1e-5)
+    assert float(draw(fitted).std(0).mean()) > 10 * float(still[classes == 0].std(0).mean()) + 1e-3
 
 
 @pytest.mark.parametrize("kind", ["gmm", "flow", "two-stage"])
@@ -150,22 +163,6 @@ def test_a_saved_sampler_reloads_to_identical_draws_and_a_changed_file_is_refuse
         load_sampler(tmp_path, kind, latent_dim=2)
 
 
-class _PixelCodes(GaussianLatentModel):
-    """A toy unconditional model whose codes are its 4x4 images' pixels: encode(x) = x, decode(z) = z."""
-
-    def __init__(self):
-        torch.nn.Module.__init__(self)
-        self.config = type("C", (), {"latent_dim": 16, "channels": 1, "image_size": 4, "logvar_min": -30,
-                                     "logvar_max": 20})()
-        self.dummy = torch.nn.Linear(1, 1)
-
-    def encode(self, x, y=None):
-        return x.flatten(1), torch.full_like(x.flatten(1), -10.0)
-
-    def decode(self, z, y=None):
-        return z.clamp(0, 1).view(-1, 1, 4, 4)
-
-
 def test_an_unconditional_model_with_a_per_class_sampler_draws_the_class_asked_for():
     """Toy classes: class c lights pixel c. Fitted per class on the codes, `sample(y=c)` lights pixel c; the prior
     has no classes to give."""
@@ -173,13 +170,35 @@ def test_an_unconditional_model_with_a_per_class_sampler_draws_the_class_asked_f
     labels = torch.arange(600) % 10
     x = 0.1 * torch.rand(600, 16, generator=g)
     x[torch.arange(600), labels] = 0.9
-    model = _PixelCodes()
+    model = PixelCodes()
     with pytest.raises(ValueError, match="per-class sampler"):
         model.sample(4, y=torch.zeros(4, dtype=torch.long))
     model.latent_sampler = fit_mixture(model.encode(x)[0], 20, labels=labels, class_names=[str(c) for c in range(10)])
     for c in range(10):
         drawn = model.sample(50, y=torch.full((50,), c), generator=torch.Generator().manual_seed(c))
         assert (drawn.flatten(1).argmax(1) == c).float().mean() >= 0.95, c
+    from vaelab.latent import resolve_latent
+
+    for c in (3, 7):  # interpolate's and the explorer's seed:N ends are drawn from the class asked for too
+        ends = [resolve_latent(model, f"seed:{seed}", label=c)[0] for seed in range(20)]
+        assert all(int(z.argmax()) == c for z in ends), c
+    model.latent_sampler = fit_mixture(model.encode(x)[0], 20)  # one mixture for all: classes cannot be given
+    with pytest.raises(ValueError, match="fitted without classes"):
+        model.sample(4, y=torch.zeros(4, dtype=torch.long))
+
+
+def test_a_class_with_a_single_code_draws_near_it_not_across_the_other_classes():
+    """Three classes 20 apart, the third seen once: its Gaussian takes the other classes' own spread (about 1), not
+    the spread of all the codes (about 10), so `--label 2` stays with class 2."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-20.0, 0.0], [20.0, 0.0], [0.0, 20.0]])
+    labels = torch.cat([torch.zeros(300), torch.ones(300), torch.full((1,), 2)]).long()
+    codes = centres[labels] + torch.randn(601, 2, generator=g)
+    fitted = fit_mixture(codes, 10, labels=labels, class_names=["a", "b", "c"])
+    drawn = fitted.sample(500, generator=torch.Generator().manual_seed(1), y=torch.full((500,), 2))
+    nearest = torch.cdist(drawn, centres).argmin(1)
+    assert (nearest == 2).float().mean() == 1.0
+    assert 0.5 < float(drawn.std(0).mean()) < 2.0
 
 
 def test_the_memorisation_check_flags_a_sampler_that_returns_training_images():
@@ -273,7 +292,7 @@ def test_the_fit_prefers_candidates_as_far_from_the_training_images_as_the_valid
     validation images wins over a lower-FID one that is only as far as the model's reconstructions of them (on a
     small folder those lean towards the training images: RESULTS.md, issue 34); where no candidate reaches the
     validation images (a blurry model), the reconstructions alone judge, and FID decides among equals."""
-    from vaelab.samplers import _better
+    from vaelab.samplers.fit import _better
 
     def pick(rows):
         best = None
@@ -284,7 +303,7 @@ def test_the_fit_prefers_candidates_as_far_from_the_training_images_as_the_valid
 
     row = lambda name, fid, pixels, reconstructions: {"name": name, "validation_fid": fid,
                                                         "memorisation_ratio_pixels": pixels,
-                                                        "memorisation_ratio": reconstructions}
+                                                        "memorisation_ratio": reconstructions, "copy_share": 0.01}
     small_folder = [row("10", 18.2, 0.97, 1.10), row("20", 16.2, 0.86, 0.98), row("50", 15.2, 0.82, 0.94)]
     assert pick(small_folder) == "10"
     assert pick(small_folder[::-1]) == "10"
@@ -292,20 +311,26 @@ def test_the_fit_prefers_candidates_as_far_from_the_training_images_as_the_valid
     assert pick(blurry) == "50"
     sharp = [row("10", 3.2, 1.01, 1.05), row("50", 2.9, 0.99, 1.03)]
     assert pick(sharp) == "50"
+    copying = [row("10", 3.2, 1.01, 1.05), {**row("50", 1.0, 0.2, 0.3), "copy_share": 0.9}]
+    assert pick(copying) == "10" and pick(copying[::-1]) == "10"  # refused whatever its FID
 
 
 def test_where_no_candidate_reaches_the_validation_images_the_fit_tries_wider_spreads(tmp_path, monkeypatch):
-    import vaelab.samplers as samplers
+    import vaelab.samplers.guard as guard
+    from vaelab.samplers import fit_sampler, refused_record
 
     run = tmp_path / "vae"
     train(load_config(overrides=tiny_overrides(**{"train.epochs": 1})), run, progress=False)
     spreads = lambda fitted: [row["spread"] for row in fitted.settings["selection"]]
-    monkeypatch.setattr(samplers, "MEMORISATION_FLOOR", 0.0)  # every candidate reaches both references
-    assert spreads(samplers.fit_sampler(run, components=[10], progress=False)) == [1.0, 1.2]
-    monkeypatch.setattr(samplers, "MEMORISATION_FLOOR", 100.0)  # none does: the wider spreads are judged too
-    wide = samplers.fit_sampler(run, components=[20, 10], progress=False)
-    rows = [(row["components"], row["spread"]) for row in wide.settings["selection"]]
-    assert rows == [(20, 1.0), (20, 1.2), (10, 1.0), (10, 1.2), (10, 1.5), (10, 2.0)]  # wider: the smallest mixture
-    assert wide.settings["chosen"]["validation_fid"] == min(r["validation_fid"] for r in wide.settings["selection"])
+    monkeypatch.setattr(guard, "MEMORISATION_FLOOR", 0.0)  # every candidate reaches both references
+    monkeypatch.setattr(guard, "COPY_SHARE_LIMIT", 1.0)
+    assert spreads(fit_sampler(run, components=[10], progress=False)) == [1.0, 1.2]
+    monkeypatch.setattr(guard, "MEMORISATION_FLOOR", 100.0)  # none does: the wider spreads are judged too
+    assert fit_sampler(run, components=[20, 10], progress=False) is None  # and refused like the rest: the prior
+    record = refused_record(run, "gmm")
+    rows = [(row["components"], row["spread"], row.get("widened", False)) for row in record["selection"]]
+    assert rows == [(20, 1.0, False), (20, 1.2, False), (10, 1.0, False), (10, 1.2, False), (10, 1.5, True),
+                    (10, 2.0, True)]  # wider: the smallest mixture, said to add variance
     # spreads the user names are the candidates, all of them and only them
-    assert spreads(samplers.fit_sampler(run, components=[10], spreads=[1.0], progress=False)) == [1.0]
+    monkeypatch.setattr(guard, "MEMORISATION_FLOOR", 0.0)
+    assert spreads(fit_sampler(run, components=[10], spreads=[1.0], progress=False)) == [1.0]

@@ -19,16 +19,19 @@ from vaelab.samplers import proxy_mixture
 from vaelab.training import train
 from vaelab.models.vaegan import VAEGANConfig
 from vaelab.training.data_size import resolve_augmentation, scale_to_data_size
-from vaelab.training.loop import best_confirmation
+from vaelab.training.end_of_run import best_confirmation
 
 
 def test_a_smaller_split_scales_every_epoch_counted_setting_once():
     t = TrainConfig(epochs=30, reference_train_images=3500, lr_schedule_epochs=150, sample_every_epochs=1,
-                    best_every_epochs=1, checkpoint_every_epochs=2)
+                    best_every_epochs=1, checkpoint_every_epochs=2, batch_size=64)
     scaling = scale_to_data_size(t, 350)
+    # in whole batches: 3,500 images make 54 steps an epoch, 350 make 5 (the ragged last batch is dropped), so 30
+    # epochs' 1,620 steps are 324 epochs of 350 images (an image ratio would give 300: 1,500 steps)
     assert (t.epochs, t.lr_schedule_epochs, t.best_every_epochs, t.sample_every_epochs,
-            t.checkpoint_every_epochs) == (300, 1500, 10, 10, 20)
-    assert scaling["factor"] == 10.0 and scaling["from"]["epochs"] == 30 and t.size_scaling is scaling
+            t.checkpoint_every_epochs) == (324, 1620, 11, 11, 22)
+    assert t.epochs * (350 // 64) == 30 * (3500 // 64)
+    assert scaling["factor"] == 10.8 and scaling["from"]["epochs"] == 30 and t.size_scaling is scaling
     assert t.reference_train_images is None and scale_to_data_size(t, 350) is None  # a resume does not scale again
     big = TrainConfig(epochs=30, reference_train_images=3500, sample_every_epochs=0)
     assert scale_to_data_size(big, 60000) is None and big.epochs == 30  # more data keeps the epochs (more steps)
@@ -69,10 +72,11 @@ def test_a_preset_on_a_small_folder_makes_its_steps_and_says_so_and_epochs_given
     cfg = RunFolder(tmp_path / "scaled").read_config()
     scaling = cfg.train.size_scaling
     assert scaling["reference_train_images"] == 3500 and scaling["train_images"] == 70
-    assert cfg.train.epochs == 1500 and scaling["from"]["epochs"] == 30  # 30 x 3,500 / 70
+    # 30 epochs of 3,500 // 16 = 218 steps are 1,635 epochs of 70 // 16 = 4
+    assert cfg.train.epochs == 1635 and scaling["from"]["epochs"] == 30
     assert cfg.train.reference_train_images is None
     logged = [r for r in RunFolder(tmp_path / "scaled").read_metrics() if r["event"] == "size_scaling"]
-    assert "epochs 30 -> 1500" in logged[0]["message"]
+    assert "epochs 30 -> 1635" in logged[0]["message"]
     result = CliRunner().invoke(app, ["train", "--preset", "vae-mnist", "--data", f"folder:{data}", "--out",
                                       str(tmp_path / "given"), "--epochs", "2", "--no-progress", *tiny])
     assert result.exit_code == 0, result.output
@@ -120,6 +124,29 @@ def test_a_lucky_score_does_not_keep_worse_weights(tmp_path, monkeypatch):
     assert all(torch.equal(load(run).state_dict()[k], last[k]) for k in last)
     events = [r for r in RunFolder(run).read_metrics() if r["event"] == "best_weights"]
     assert "kept the last weights" in events[0]["message"]
+
+
+def test_best_weights_that_fresh_draws_confirm_are_kept(tmp_path, monkeypatch):
+    """Epoch 1's weights score better than the last ones on every draw (made certain): the fresh draws confirm them,
+    the run keeps model-best.* and vaelab.load reads them, with the confirmation and its reference recorded."""
+    trained = []
+
+    def epoch_one_is_better(self, model, draw=0):
+        if draw == 0:  # the per-epoch scores: epoch 1 scores 1, the later epochs 5
+            trained.append(model)
+            return 1.0 if len(trained) == 1 else 5.0
+        return 1.0 + 0.1 * draw if model is not trained[0] else 5.0 + 0.3 * draw  # the kept weights are a new model
+
+    monkeypatch.setattr(SampleQuality, "score", epoch_one_is_better)
+    run = tmp_path / "r"
+    summary = train(load_config(overrides=tiny_overrides(**{"train.epochs": 3})), run, progress=False)
+    kept = summary["best_weights"]
+    assert kept["kept"] == "best" and kept["epoch"] == 1 and kept["confirmed"] and kept["draws"] == 3
+    assert "chosen on" in kept["reference"]  # mnist5k's 500 validation images: none left to confirm on
+    assert json.loads((run / "model-best.json").read_text())["confirmation"]["confirmed"]
+    best = load_file(run / "model-best.safetensors")
+    assert load(run).weights_file == "model-best.safetensors"
+    assert any(not torch.equal(best[k], load_file(run / "model.safetensors")[k]) for k in best)
 
 
 def test_the_score_draws_through_a_mixture_on_the_current_codes(tmp_path):
@@ -198,7 +225,8 @@ def test_a_250_image_64px_rgb_folder_trains_samples_and_evaluates_with_its_size_
     cfg = RunFolder(run).read_config()
     assert (cfg.model.image_size, cfg.model.channels) == (64, 3)
     scaling = cfg.train.size_scaling  # 250 files: 200 train, 175 after the validation share
-    assert scaling["train_images"] == 175 and cfg.train.epochs == round(30 * 3500 / 175)
+    batch = cfg.train.batch_size  # the preset's optimizer steps, counted in whole batches (an epoch drops the last)
+    assert scaling["train_images"] == 175 and cfg.train.epochs * (175 // batch) == 30 * (3500 // batch)
     assert "175 training images" in [r for r in RunFolder(run).read_metrics() if r["event"] == "size_scaling"][0]["message"]
     best = json.loads((run / "model-best.json").read_text())
     assert best["feature_space"] == "random_features" and best["reference_images"] == 25

@@ -1,5 +1,5 @@
-"""The package's shape: no import cycle, models that are plain PyTorch (nothing from accel/, training/ or the CLI),
-and a CLI that lists its verbs and presets without importing torch."""
+"""The package's shape: no import cycle, no file over 400 lines, models that are plain PyTorch (nothing from accel/,
+training/ or the CLI), and a CLI that lists its verbs and presets without importing torch."""
 
 import ast
 import subprocess
@@ -72,3 +72,9 @@ def test_help_and_presets_answer_without_importing_torch():
             "'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["0", "0", "True", "True", "False"]
+
+
+def test_no_source_file_is_over_400_lines():
+    """The house's bound (issue 42): a file that grows past it is split where its rooms are."""
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"over 400 lines: {long}"

@@ -258,3 +258,69 @@ def test_a_wandb_offline_run_holds_the_config_history_and_grids(tmp_path, monkey
     assert sum("epoch/sample_fid" in h for h in history) == 2
     assert any(k.startswith("samples/samples") for h in history for k in h)
     assert list((Path(ids["dir"]) / "files" / "media" / "images").rglob("*.png"))
+
+
+def test_each_tracker_hears_how_the_run_ended_finished_killed_to_resume_or_failed(tmp_path, monkeypatch):
+    """The status every tracker is closed with: FINISHED; KILLED for a Ctrl-C (the run resumes later: W&B's
+    preempted state, not a failure); FAILED for an error. A recording tracker stands in for TensorBoard."""
+    import signal
+
+    import vaelab.tracking as tracking
+    from vaelab.training.loop import Trainer
+
+    ended = []
+
+    class Recording(Tracker):
+        name = "tensorboard"
+        interrupt_at = None
+
+        def start(self, run_path, params, previous, cfg):
+            return {}
+
+        def log_metrics(self, values, step):
+            if Recording.interrupt_at is not None and step >= Recording.interrupt_at:
+                os.kill(os.getpid(), signal.SIGINT)  # the loop's handler turns it into a stop at this step
+
+        def finish(self, status):
+            ended.append(status)
+
+    monkeypatch.setitem(tracking.TRACKER_CLASSES, "tensorboard", Recording)
+    sets = {"train.trackers": "[tensorboard]", "train.epochs": 1, "train.max_steps": 12}
+    train(load_config(overrides=tiny_overrides(**sets)), tmp_path / "done", progress=False)
+    Recording.interrupt_at = 5
+    result = train(load_config(overrides=tiny_overrides(**sets)), tmp_path / "stopped", progress=False)
+    assert result.get("interrupted") and result["step"] == 5
+    Recording.interrupt_at = None
+    original = Trainer.train_step
+
+    def breaks(self, batch):
+        if self.pos.step == 3:
+            raise RuntimeError("a bug in a model")
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", breaks)
+    with pytest.raises(RuntimeError, match="a bug in a model"):
+        train(load_config(overrides=tiny_overrides(**sets)), tmp_path / "broken", progress=False)
+    assert ended == ["FINISHED", "KILLED", "FAILED"]
+
+
+def test_wandb_marks_a_resumable_stop_as_preempted_and_only_an_error_as_a_failure():
+    from vaelab.tracking import WandbTracker
+
+    class FakeRun:
+        def __init__(self):
+            self.calls = []
+
+        def mark_preempting(self):
+            self.calls.append("preempting")
+
+        def finish(self, exit_code):
+            self.calls.append(exit_code)
+
+    calls = {}
+    for status in ("FINISHED", "KILLED", "FAILED"):
+        tracker = WandbTracker()
+        tracker.run = FakeRun()
+        tracker.finish(status)
+        calls[status] = tracker.run.calls
+    assert calls == {"FINISHED": [0], "KILLED": ["preempting", 1], "FAILED": [1]}

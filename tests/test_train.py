@@ -123,7 +123,7 @@ def _cli(*args):
 def test_end_to_end_train_sample_reconstruct(tmp_path):
     run = tmp_path / "run"
     # the default preset (vae-mnist), shortened to 3 epochs
-    result = _cli("train", "--epochs", "3", "--out", str(run), "--no-progress", "--set", "train.tensorboard=false")
+    result = _cli("train", "--epochs", "3", "--out", str(run), "--no-progress", "--set", "train.trackers=[]")
     assert result.returncode == 0, result.stderr
     assert "test ELBO" in result.stdout
     rows = RunFolder(run).read_metrics()
@@ -351,7 +351,7 @@ def test_fused_optimizer_trains_a_gradient_penalty_model_exactly_as_the_unfused_
     for fused in ("true", "false"):
         cfg = load_config(preset="wgan-gp-mnist", overrides=[
             "train.max_steps=4", "train.batch_size=8", "train.precision=fp32", "train.device=cpu",
-            "train.tensorboard=false", f"train.fused_optimizer={fused}", "train.sample_every_epochs=0"])
+            "train.trackers=[]", f"train.fused_optimizer={fused}", "train.sample_every_epochs=0"])
         trainer = Trainer(cfg, tmp_path / fused, progress=False)
         trainer.fit()
         params[fused] = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
@@ -553,3 +553,23 @@ def test_a_weight_averaged_run_saves_the_average_and_resumes_exactly(tmp_path):
     assert_same_weights(saved, weights(mid))
     with pytest.raises(ConfigError, match="ema_decay"):
         tiny_config(**{"train.ema_decay": 1.5})
+
+
+def test_a_ctrl_c_in_the_end_of_run_work_stops_at_once_and_resume_redoes_it(tmp_path, monkeypatch):
+    """After the last step one Ctrl-C is enough (the end-of-run work can take minutes): the run stops with a
+    checkpoint at its last step, says it was interrupted, and a resume does the end-of-run work again."""
+    import os
+
+    import vaelab.training.end_of_run as end_of_run
+
+    real = end_of_run.held_out_likelihood
+    monkeypatch.setattr(end_of_run, "held_out_likelihood",
+                        lambda *a, **k: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5), real(*a, **k))[-1])
+    run = tmp_path / "run"
+    result = train(tiny_config(**{"train.epochs": 1, "train.checkpoint_every_epochs": 0}), run, progress=False)
+    assert result["interrupted"] and result["step"] == 35 and not (run / "summary.json").exists()
+    assert RunFolder(run).load_checkpoint()["step"] == 35
+    monkeypatch.setattr(end_of_run, "held_out_likelihood", real)
+    summary = train(tiny_config(**{"train.epochs": 1, "train.checkpoint_every_epochs": 0}), run, resume=True,
+                    progress=False)
+    assert summary["steps"] == 35 and (run / "summary.json").is_file()

@@ -22,7 +22,7 @@ from vaelab.config import preset_names, read_preset
 
 # best-weights tracking and the latent sampler's fit stay on, as a user has them: the score, its validation
 # reference, the rule for too few validation images and the sampler's fit run on every folder size
-TINY = ["--set", "model.widths=[8,16]", "--set", "model.latent_dim=4", "--set", "train.tensorboard=false",
+TINY = ["--set", "model.widths=[8,16]", "--set", "model.latent_dim=4", "--set", "train.trackers=[]",
         "--no-progress"]
 
 
@@ -117,9 +117,16 @@ def test_every_verb_on_a_user_folder(tmp_path, count, size, channels, labels):
         assert not (run / "model-best.safetensors").exists()
         assert "too few to choose the best epoch on" in output
 
-    assert (run / "sampler-gmm.json").is_file()  # fitted at the end of training, whatever the folder's size
-    assert "gmm sampler" in ok(["sample", run, "-n", 5, "-o", out / "samples.png"])
-    if labels is not None:  # the per-class mixture gives an unconditional model --label
+    # fitted at the end of training, kept where the copy guard passes a candidate; else the prior, and said so
+    from vaelab.samplers import refused_record
+
+    refused = refused_record(run, "gmm")
+    if validation < 2:  # nothing to measure copying against: never an unguarded density
+        assert refused is not None and "fewer than 2 images" in refused["reason"]
+    assert (run / "sampler-gmm.json").is_file() == (refused is None)
+    sampled = ok(["sample", run, "-n", 5, "-o", out / "samples.png"])
+    assert "gmm sampler" in sampled if refused is None else "kept no density" in sampled
+    if labels is not None and refused is None:  # the per-class mixture gives an unconditional model --label
         ok(["sample", run, "-n", 3, "--label", 0, "-o", out / "zeros.png"])
     assert Image.open(out / "samples.png").size[0] > 0
     ok(["sample", run, "-n", 3, "-o", out / "pngs"])
@@ -206,7 +213,7 @@ def _own_size(preset: str) -> tuple[int, int]:
 def _train_on_folder(folder: Path, out: Path, preset: str, size: int, channels: int):
     return invoke(["train", "--preset", preset, "--data", f"folder:{folder}", "--out", out,
                    "--batch-size", 4, "--max-steps", 2, "--set", f"data.image_size={size}",
-                   "--set", f"data.channels={channels}", "--set", "train.tensorboard=false",
+                   "--set", f"data.channels={channels}", "--set", "train.trackers=[]",
                    "--set", "train.num_sample_images=4", "--set", "train.sampler=prior", "--no-progress"])
 
 

@@ -41,17 +41,15 @@ def parse_policy(policy: str) -> list[str]:
 
 def validate_augment(cfg) -> None:
     """The checks of the settings every model with a discriminator or critic carries in its config: ``augment`` (a
-    policy), ``augment_probability`` (in [0, 1]) and ``augment_below_images`` (vaelab/training/data_size.py)."""
+    policy) and ``augment_below_images`` (vaelab/training/data_size.py)."""
     parse_policy(cfg.augment)
-    if not 0.0 <= cfg.augment_probability <= 1.0:
-        raise ConfigError(f"model.augment_probability must lie in [0, 1], got {cfg.augment_probability}")
     if cfg.augment_below_images is not None and cfg.augment_below_images < 1:
         raise ConfigError(f"model.augment_below_images must be >= 1 (or null), got {cfg.augment_below_images}")
 
 
 def as_configured(images: torch.Tensor, cfg, pairs: int = 1) -> torch.Tensor:
     """``images`` as a model's discriminator sees them: transformed by ``cfg.augment`` (unchanged where it is empty)."""
-    return diff_augment(images, cfg.augment, cfg.augment_probability, pairs) if cfg.augment else images
+    return diff_augment(images, cfg.augment, 1.0, pairs) if cfg.augment else images
 
 
 def diff_augment(x: torch.Tensor, policy: str, probability: float = 1.0, pairs: int = 1) -> torch.Tensor:

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from .errors import VaelabError
-from .evaluate import _fmt, better, headline
+from .evaluation_report import format_value, better, headline
 from .run import RunFolder, atomic_write_text
 
 
@@ -144,8 +144,8 @@ def verdict(names: list[str], rows: list[dict], metrics: list[str], unranked: di
             top = (max if higher else min)(scored, key=lambda g: g[1])
             tied = [g for g in scored if abs(g[1] - top[1]) <= top[2] + g[2]]
             label = lambda g: (names[g[0][0]] if g[3] == 1 else
-                               f"{names[g[0][0]]} and {g[3] - 1} more seed(s): {_fmt(g[1])} ± {_fmt(g[2])}")
-            text = "; ".join(label(g) if g[3] > 1 else f"{label(g)} ({_fmt(g[1])})" for g in tied)
+                               f"{names[g[0][0]]} and {g[3] - 1} more seed(s): {format_value(g[1])} ± {format_value(g[2])}")
+            text = "; ".join(label(g) if g[3] > 1 else f"{label(g)} ({format_value(g[1])})" for g in tied)
             if len(tied) > 1:
                 text += " (tie within seed noise)" if any(g[3] > 1 for g in tied) else " (tie)"
             lines.append((axis, m, text))
@@ -202,7 +202,7 @@ def compare(runs: list[str | Path], out: str | Path) -> Path:
     md.append("| sampler | " + " | ".join((res.get("sampler") or {"kind": "prior"})["kind"] for res in results)
               + " | where the latents came from (`vaelab evaluate --sampler`) |")
     for m in metrics:
-        cells = [(f"**{_fmt(row[m])}**" if i in best[m] else _fmt(row[m])) if m in row else "" for i, row in enumerate(rows)]
+        cells = [(f"**{format_value(row[m])}**" if i in best[m] else format_value(row[m])) if m in row else "" for i, row in enumerate(rows)]
         md.append(f"| {m} | " + " | ".join(cells) + f" | {unranked.get(m, '')} |")
     md += ["", "![metrics](metrics.png)", "", "## Samples", ""]
     md += [f"**{n}**\n\n![{n}](grids/{n}-samples.png)\n" for n in names if (out / "grids" / f"{n}-samples.png").is_file()]
@@ -297,7 +297,7 @@ def _html(names, rows, metrics, best, unranked, decided, out: Path) -> str:
     for m in metrics:
         cells = []
         for i, row in enumerate(rows):
-            text = html.escape(_fmt(row[m])) if m in row else ""
+            text = html.escape(format_value(row[m])) if m in row else ""
             cells.append(f"<td><b>{text}</b></td>" if i in best[m] else f"<td>{text}</td>")
         why = html.escape(unranked.get(m, ""))
         body.append(f"<tr><th>{html.escape(m)}</th>{''.join(cells)}<td class=warn>{why}</td></tr>")

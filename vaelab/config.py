@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,6 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .typed_values import coerce, fields_help
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -84,7 +84,7 @@ class TrainConfig:
     track_best: bool = True
     best_samples: int = 500
     # at the end, score the best-scored epoch and the last weights again on 3 fresh draws and keep the best only
-    # where it wins by more than the draws' noise (vaelab/training/loop.py, Trainer._confirm_best); false: keep the
+    # where it wins by more than the draws' noise (vaelab/training/end_of_run.py, confirm_best); false: keep the
     # best-scored epoch as it is
     confirm_best: bool = True
     best_every_epochs: int = 1  # score every n-th epoch (and the last): for epochs of a second or less, the score
@@ -141,85 +141,12 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Type checking of plain values against dataclass field types
-# ---------------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (tuple, list):
-        args = typing.get_args(tp)
-        inner = _type_name(args[0]) if args else "any"
-        return f"list of {inner}"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Return ``value`` as type ``tp`` or raise ConfigError naming ``where``."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise ConfigError(f"{where}: {value!r} is not one of {_type_name(tp)}")
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a {_type_name(tp)}, got {value!r}")
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:
-        return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-
-
-def fields_help(cls: type) -> str:
-    hints = typing.get_type_hints(cls)
-    return "\n".join(f"    {f.name}: {_type_name(hints[f.name])}" for f in dataclasses.fields(cls))
-
-
 TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")  # train.trackers (vaelab/tracking.py)
 
 # Keys renamed since a run folder may have been written: its config.yaml still loads (and resumes).
 RENAMED_KEYS = {"train": {"patch_gemm_weight_grads": "cpu_bf16_convs"}}
+# Keys removed (nothing set them), with the one value they ever held: an older config.yaml holding it still loads.
+REMOVED_KEYS = {"model": {"augment_probability": 1.0}}
 
 
 def from_dict(cls: type, values: dict | None, section: str) -> Any:
@@ -230,6 +157,9 @@ def from_dict(cls: type, values: dict | None, section: str) -> Any:
     for old, new in RENAMED_KEYS.get(section, {}).items():
         if old in values:
             values.setdefault(new, values.pop(old))
+    for gone, held in REMOVED_KEYS.get(section, {}).items():
+        if gone in values and values[gone] == held:
+            values.pop(gone)
     if section == "train" and "tensorboard" in values:  # before train.trackers: a switch for TensorBoard alone
         on = values.pop("tensorboard")
         on = on.strip().lower() not in ("false", "0", "no", "off") if isinstance(on, str) else bool(on)
@@ -242,7 +172,7 @@ def from_dict(cls: type, values: dict | None, section: str) -> Any:
             f"unknown key(s) in '{section}': {', '.join(unknown)}.\nValid keys of '{section}' "
             f"({cls.__name__}):\n{fields_help(cls)}"
         )
-    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    kwargs = {k: coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):

@@ -22,7 +22,8 @@ from .metrics import features as feats
 from .metrics import samples as sm
 from .metrics.likelihood import likelihood_metrics
 from .processes import barrier, is_main_process, join_processes, launched_processes, map_chunks, rank_and_world, stream_seed
-from .run import RunFolder, atomic_write_text
+from .evaluation_report import plot_class_histogram, report_markdown
+from .run import RunFolder, atomic_write_text, resolve_device
 from .samplers import load
 
 
@@ -48,13 +49,19 @@ def sample_labels(model, n: int, num_classes: int) -> torch.Tensor | None:
     return torch.arange(n) % num_classes if model.is_conditional else None
 
 
-def generate(model, n: int, seed: int, num_classes: int, stream: str = "evaluate_samples"):
+# where each split's draws start in a seed stream (chunk numbers): a setting chosen on the validation split's draws
+# is then reported on the test split's with other latents, never the same ones
+SPLIT_FIRST_CHUNK = {"test": 0, "validation": 333_334, "train": 666_668}
+
+
+def generate(model, n: int, seed: int, num_classes: int, stream: str = "evaluate_samples", first_chunk: int = 0):
     """n samples (float (n, C, H, W) in [0, 1]) and their labels for conditional models (uniform over classes).
 
     Chunks of ``CHUNK`` are seeded by their index in seed stream ``stream`` (never the training-time score's draws)
     and split across processes under torchrun (every process gets all n, the same set as one process draws)."""
     labels = sample_labels(model, n, num_classes)
-    return torch.cat(map_chunks(_sample_maker(model, n, seed, num_classes, stream), math.ceil(n / CHUNK))), labels
+    return torch.cat(map_chunks(_sample_maker(model, n, seed, num_classes, stream, first_chunk),
+                                math.ceil(n / CHUNK))), labels
 
 
 UTILITY_IMAGES = 20_000  # generated images the utility's classifiers train on at most (their steps are capped too)
@@ -67,13 +74,13 @@ def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10, 
     evaluated ``split``'s images.
 
     ``generated``: (uint8 images, labels) from ``generate_uint8(model, min(len(train), UTILITY_IMAGES), seed,
-    classes, stream="utility")``, drawn here if None. The real images are read a batch at a time."""
+    classes, stream="utility", first_chunk=SPLIT_FIRST_CHUNK[split])``, drawn here if None. The real images are read a batch at a time."""
     from .data.splits import ImageSet, _take
 
     k = data.num_classes
     real, test = data.train, data.split(split)
     fake_pixels, fake_y = generated or generate_uint8(model, min(len(real), UTILITY_IMAGES), seed, k,
-                                                      stream="utility")
+                                                      stream="utility", first_chunk=SPLIT_FIRST_CHUNK[split])
     fake = ImageSet(images=fake_pixels, labels=fake_y)
     steps_per_epoch = max(1, len(real) // 128)
 
@@ -102,9 +109,9 @@ def synthetic_utility(model, data, seed: int, progress: bool, epochs: int = 10, 
     }
 
 
-def generate_uint8(model, n: int, seed: int, num_classes: int, stream: str = "utility"):
+def generate_uint8(model, n: int, seed: int, num_classes: int, stream: str = "utility", first_chunk: int = 0):
     """``generate``'s draws held as uint8 (n, C, H, W) (a quarter of float32's memory) and their labels."""
-    make = _sample_maker(model, n, seed, num_classes, stream)
+    make = _sample_maker(model, n, seed, num_classes, stream, first_chunk)
     to_uint8 = lambda x: (x * 255).round().clamp(0, 255).to(torch.uint8)
     labels = sample_labels(model, n, num_classes)
     return torch.cat(map_chunks(lambda i: to_uint8(make(i)), math.ceil(n / CHUNK))), labels
@@ -135,14 +142,15 @@ def _split_reader(split, count: int, spaced: bool = False):
     return lambda i: split.take(idx[i * CHUNK : (i + 1) * CHUNK]).float().cpu() / 255.0
 
 
-def _sample_maker(model, n: int, seed: int, num_classes: int, stream: str = "evaluate_samples"):
-    """i -> chunk i of ``generate(model, n, seed, num_classes, stream)``'s samples (a chunk at a time)."""
+def _sample_maker(model, n: int, seed: int, num_classes: int, stream: str = "evaluate_samples", first_chunk: int = 0):
+    """i -> chunk i of ``generate(model, n, seed, num_classes, stream, first_chunk)``'s samples (a chunk at a
+    time, seeded by chunk number ``first_chunk + i`` of the stream)."""
     labels = sample_labels(model, n, num_classes)
 
     @torch.no_grad()
     def chunk(i: int) -> torch.Tensor:
         y = None if labels is None else labels[i * CHUNK : (i + 1) * CHUNK].to(model.device)
-        gen = torch.Generator().manual_seed(stream_seed(stream, seed, i))
+        gen = torch.Generator().manual_seed(stream_seed(stream, seed, first_chunk + i))
         return model.sample(min(CHUNK, n - i * CHUNK), y=y, generator=gen).float().cpu()
 
     return chunk
@@ -198,7 +206,8 @@ def _sampler_record(model) -> dict:
         return {"kind": "none: the model's own prior (no encoder)"}
     fitted = model.latent_sampler
     if fitted is None:
-        return {"kind": "prior"}
+        note = getattr(model, "sampler_note", None)
+        return {"kind": "prior", **({"note": note} if note else {})}
     keep = {k: v for k, v in fitted.settings.items() if k not in ("selection", "class_names")}
     return {"kind": model.sampler_kind, **keep}
 
@@ -241,7 +250,7 @@ def _feature_metrics(embedded: dict, fake_labels, seed: int) -> dict:
 
 def evaluate(run: str | Path, split: str = "test", num_samples: int | None = None, features: list[str] = ("auto",),
              k: int = 1000, binarized: bool = False, inception_weights: str | None = None, download: bool = False,
-             utility: bool = True, utility_epochs: int = 10, seed: int = 0, device: str = "cpu",
+             utility: bool = True, utility_epochs: int = 10, seed: int = 0, device: str = "auto",
              progress: bool = True, weights: str = "best", sampler: str | None = None) -> dict | None:
     """Measure one run; returns the metrics dict and writes RUN/eval/.
 
@@ -252,8 +261,7 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     if split not in SPLITS:
         raise VaelabError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     folder = RunFolder(run)
-    if launched_processes() > 1:
-        device = str(join_processes(device)[0])
+    device = str(join_processes(device)[0] if launched_processes() > 1 else resolve_device(device))
     main = is_main_process()
     model = load(run, device=device, weights=weights, sampler=sampler)
     cfg = model.run_config
@@ -274,6 +282,7 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
                     "image_shape": list(model.image_shape),
                     "data": data.description, "split": split,
                     "real_images": len(part), "samples": n, "seed": seed, "seed_stream": "evaluate_samples",
+                    "seed_first_chunk": SPLIT_FIRST_CHUNK[split],
                     "sampler": _sampler_record(model),
                     "subsets": {"pixel_metrics_images": min(PIXEL_IMAGES, len(part), n),
                                 "pairwise_feature_images": PAIRWISE_IMAGES, "mmd_images": MMD_IMAGES,
@@ -291,7 +300,8 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     # every set is read, drawn and embedded a chunk at a time; only features and a capped set of pixels are kept
     real_emb, x_real = _embedded_stream(extractors, _split_reader(part, len(part)), len(part),
                                         "embedding the real images" if say else None)
-    fake_emb, fake = _embedded_stream(extractors, _sample_maker(model, n, seed, max(1, data.num_classes)), n,
+    fake_emb, fake = _embedded_stream(extractors, _sample_maker(model, n, seed, max(1, data.num_classes),
+                                                                first_chunk=SPLIT_FIRST_CHUNK[split]), n,
                                       "drawing and embedding the samples" if say else None)
     fake_labels = sample_labels(model, n, max(1, data.num_classes))
     recon_emb, recon = (None, None)
@@ -308,7 +318,7 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     generated = None
     if utility and model.is_conditional and data.train.labels is not None:
         generated = generate_uint8(model, min(len(data.train), UTILITY_IMAGES), seed, data.num_classes,
-                                   stream="utility")
+                                   stream="utility", first_chunk=SPLIT_FIRST_CHUNK[split])
     if not main:
         return None
 
@@ -339,138 +349,5 @@ def evaluate(run: str | Path, split: str = "test", num_samples: int | None = Non
     save_image(fake[:64], out / "samples.png", nrow=8, padding=1)
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "report.md", report_markdown(result))
-    _plot_class_histogram(result, out)
+    plot_class_histogram(result, out)
     return result
-
-
-def headline(result: dict) -> dict[str, float]:
-    """The numbers a comparison table shows, flattened: name -> value."""
-    row: dict[str, float] = {}
-    lik = result.get("likelihood", {})
-    for key in ("elbo_nats", "iwae_nats", "iwae_bits_per_dim", "reconstruction_mse_per_pixel", "kl_nats"):
-        if key in lik:
-            row[key] = lik[key]
-    s = result.get("sample_metrics", {})
-    if "mmd_pixels" in s:
-        row["mmd_pixels"] = s["mmd_pixels"]["mmd2"]
-        row["ms_ssim_samples"] = s["ms_ssim_samples"]["ms_ssim"]
-    if "sharpness_samples" in s:
-        row["sharpness"] = s["sharpness_samples"]
-    for name, space in s.get("features", {}).items():
-        tag = "clf" if name.startswith("classifier") else name
-        for key in ("fid", "kid", "is", "precision", "recall", "coverage", "density"):
-            if key in space:
-                row[f"{key}_{tag}"] = space[key]
-        for key, value in space.get("reconstructions", {}).items():
-            row[f"recon_{key}_{tag}"] = value
-        if "class_coverage" in space:
-            row[f"classes_{tag}"] = space["class_coverage"]["classes_present"]
-        if "conditional_accuracy" in space:  # conditional models: samples of class k classified as k
-            row[f"label_accuracy_{tag}"] = space["conditional_accuracy"]
-    util = result.get("synthetic_utility")
-    if util:
-        row["cas"] = util["classification_accuracy_score"]
-        row["augmentation_gain"] = util["augmentation_gain"]
-    return row
-
-
-# Whether a larger value is better, for bolding the best entry of a comparison.
-HIGHER_IS_BETTER = {
-    "elbo_nats": True, "iwae_nats": True, "iwae_bits_per_dim": False, "reconstruction_mse_per_pixel": False,
-    "kl_nats": None, "mmd_pixels": False, "ms_ssim_samples": False, "sharpness": True, "cas": True,
-    "augmentation_gain": True,
-}
-
-
-def better(metric: str) -> bool | None:
-    if metric in HIGHER_IS_BETTER:
-        return HIGHER_IS_BETTER[metric]
-    if metric.startswith("label_accuracy"):
-        return True
-    base = metric.removeprefix("recon_").split("_")[0]
-    # density: 1 where samples sit as densely as real images; neither more nor less is simply better
-    return {"fid": False, "kid": False, "is": True, "precision": True, "recall": True, "coverage": True,
-            "classes": True}.get(base)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.1f}"
-    return str(value)
-
-
-def report_markdown(result: dict) -> str:
-    lines = [f"# Evaluation of `{result['run']}`", "",
-             f"Model `{result['model']}` on {result['data']}; {result['real_images']} real {result['split']} images, "
-             f"{result['samples']} samples, seed {result['seed']}; {result['seconds']:.1f} s.", ""]
-    if "subsets" in result:
-        sub = result["subsets"]
-        lines += [f"Every real image and sample gives features (FID, KID, IS, classes); the pixel metrics use the "
-                  f"first {sub['pixel_metrics_images']:,} of each, precision/recall and density/coverage up to "
-                  f"{sub['pairwise_feature_images']:,}, MMD in features {sub['mmd_images']:,}, the real-data floor and "
-                  f"memorisation {sub['train_images_embedded']:,} training images.", ""]
-    lik = result.get("likelihood")
-    if lik:
-        s = lik["settings"]
-        lines += ["## Likelihood", "",
-                  f"{s['images']} images, K = {s['importance_samples']} importance samples, "
-                  f"{'dynamically binarized (seed ' + str(s['seed']) + ')' if s['binarized'] else 'not binarized'}, "
-                  f"likelihood `{s['likelihood']}`. Nats per image; bits per dimension over {s['dimensions']} dims.", "",
-                  "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in lik.items() if k not in ("settings",)]
-        lines.append("")
-    s = result["sample_metrics"]
-    lines += ["## Samples", ""]
-    if "skipped" in s:
-        lines += [f"Left out: {s['skipped']}.", ""]
-    lines += ["| metric | samples | real |", "|---|---|---|"]
-    if "mmd_pixels" in s:
-        lines += [f"| MMD² on pixels (Gaussian kernel, bandwidth {s['mmd_pixels']['bandwidth']:.3g}, median heuristic) | "
-                  f"{_fmt(s['mmd_pixels']['mmd2'])} | |",
-                  f"| MS-SSIM of random pairs ({s['ms_ssim_samples']['ms_ssim_scales']} scales, window "
-                  f"{s['ms_ssim_samples']['ms_ssim_window']}, {s['ms_ssim_samples']['ms_ssim_pairs']} pairs; lower = more diverse) | "
-                  f"{_fmt(s['ms_ssim_samples']['ms_ssim'])} | {_fmt(s['ms_ssim_real']['ms_ssim'])} |"]
-    lines += [f"| sharpness (variance of the Laplacian) | {_fmt(s['sharpness_samples'])} | {_fmt(s['sharpness_real'])} |", ""]
-    for name, space in s["features"].items():
-        lines += [f"### Feature space `{name}`", "", "Settings: " + ", ".join(f"{k} = {v}" for k, v in space["settings"].items()), "",
-                  "| metric | value |", "|---|---|"]
-        for key in ("fid", "kid", "kid_std", "is", "is_std", "real_is", "precision", "recall", "coverage", "density",
-                    "conditional_accuracy"):
-            if key in space:
-                lines.append(f"| {key} | {_fmt(space[key])} |")
-        lines.append(f"| MMD² (bandwidth {space['mmd']['bandwidth']:.3g}) | {_fmt(space['mmd']['mmd2'])} |")
-        for key, value in space.get("reconstructions", {}).items():
-            lines.append(f"| reconstructions of the real images: {key} | {_fmt(value)} |")
-        if "class_coverage" in space:
-            cc = space["class_coverage"]
-            lines.append(f"| classes present (share >= {cc['class_presence_threshold']:.3g}) | {cc['classes_present']} of {cc['classes_total']} |")
-            lines.append(f"| class histogram | {cc['class_histogram']} |")
-        lines.append("")
-    util = result.get("synthetic_utility")
-    if util:
-        lines += ["## Synthetic-data utility", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in util.items() if k != "settings"]
-        lines += ["", "Settings: " + ", ".join(f"{k} = {v}" for k, v in util["settings"].items()), ""]
-    lines += ["![samples](samples.png)", ""]
-    if any("class_coverage" in sp for sp in s["features"].values()):
-        lines += ["![class histogram](class_histogram.png)", ""]
-    return "\n".join(lines)
-
-
-def _plot_class_histogram(result: dict, out: Path) -> None:
-    spaces = [sp for sp in result["sample_metrics"]["features"].values() if "class_coverage" in sp]
-    if not spaces:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hist = spaces[0]["class_coverage"]["class_histogram"]
-    fig, ax = plt.subplots(figsize=(5, 2.6))
-    ax.bar(range(len(hist)), hist)
-    ax.set_xlabel("predicted class of samples")
-    ax.set_ylabel("count")
-    fig.tight_layout()
-    fig.savefig(out / "class_histogram.png", dpi=110)
-    plt.close(fig)

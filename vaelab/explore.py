@@ -59,7 +59,7 @@ def to_display(image: torch.Tensor) -> np.ndarray:
 class Explorer:
     """The state and callbacks behind the page (kept apart from Gradio so it can be tested directly)."""
 
-    def __init__(self, run: str | Path, device: str = "cpu"):
+    def __init__(self, run: str | Path, device: str = "auto"):
         from .data import load_data
         from .errors import VaelabError
         from .samplers import load
@@ -99,14 +99,16 @@ class Explorer:
         z = self.latent(values)[None].to(self.model.device)
         return to_display(self.model.decode(z, self._label(label))[0].float().cpu())
 
-    def random(self, seed: int | None = None) -> list[float]:
-        """Slider values of a random latent: a draw of the run's fitted sampler (the dimensions without a slider
-        keep that draw's values), or of the prior where none is fitted."""
+    def random(self, seed: int | None = None, label=None) -> list[float]:
+        """Slider values of a random latent: a draw of the run's fitted sampler (of the class picked, where the
+        sampler was fitted per class; the dimensions without a slider keep that draw's values), or of the prior
+        where none is fitted."""
         g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         sampler = self.model.latent_sampler
         if sampler is None:
             return [round(float(v), 2) for v in torch.randn(len(self.shown), generator=g).clamp(-3, 3)]
-        z = sampler.sample(1, generator=g)[0]
+        y = torch.tensor([int(label)]) if label is not None and sampler.class_names else None
+        z = sampler.sample(1, generator=g, y=y)[0]
         self.base = z.clone()
         return [round(float(z[d].clamp(-3, 3)), 2) for d in self.shown]  # the sliders span -3..3
 
@@ -120,7 +122,8 @@ class Explorer:
 
         from .latent import resolve_latent
 
-        za, zb = (resolve_latent(self.model, f"seed:{int(seed)}")[0] for seed in (seed_a, seed_b))
+        picked = int(label or 0) if self.model.is_conditional else None
+        za, zb = (resolve_latent(self.model, f"seed:{int(seed)}", label=picked)[0] for seed in (seed_a, seed_b))
         frames = interpolate(self.model, za, zb, int(steps), bool(spherical),
                              int(label or 0) if self.model.is_conditional else None)
         return np.concatenate([to_display(f) for f in frames], axis=1)
@@ -171,7 +174,8 @@ def build_app(explorer: Explorer):
             for s in sliders:
                 s.change(decode, inputs, image, show_progress="hidden")
             label.change(decode, inputs, image, show_progress="hidden")
-            random_button.click(lambda: e.random(), None, sliders)
+            random_button.click(lambda picked: e.random(label=picked if e.model.is_conditional else None), label,
+                                sliders)
             reset_button.click(lambda: e.reset(), None, sliders)
         with gr.Tab("Interpolate"):
             with gr.Row():
@@ -197,7 +201,7 @@ def build_app(explorer: Explorer):
     return app
 
 
-def launch(run: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu") -> None:
+def launch(run: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto") -> None:
     _offline_environment()
     app = build_app(Explorer(run, device))
     app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True)

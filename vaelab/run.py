@@ -201,7 +201,19 @@ def load_checkpoint_into(model: torch.nn.Module, path: Path) -> dict:
     return state
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", weights: str = "best"):
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"``: the accelerator where there is one (CUDA, then Apple's MPS), else the CPU; any other name as given.
+    Every verb after ``train`` defaults to it, so work on a GPU machine runs on its GPU without a flag."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load(path: str | Path, device: str | torch.device = "auto", weights: str = "best"):
     """Rebuild the model of run folder ``path`` with its trained weights, in eval mode.
 
     ``weights="best"`` (the default) takes model-best.safetensors, the epoch whose samples scored best during
@@ -235,7 +247,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str = "b
     except RuntimeError as exc:
         raise RunFolderError(f"the weights in {run.path} do not fit its config.yaml ({str(exc).splitlines()[0]})") from None
     model.run_config = cfg
-    return model.to(device).eval()
+    return model.to(resolve_device(device)).eval()
 
 
 def unique_run_dir(base: Path) -> Path:

@@ -17,6 +17,9 @@ app = typer.Typer(
     help="Train, compare, evaluate and explore VAE-family image generators. Every command after `train` reads only the run folder.",
 )
 
+# every verb after `train` runs where the run's work is fastest unless told otherwise (vaelab.run.resolve_device)
+DEVICE_HELP = "auto (a GPU where there is one, else the CPU) | cpu | cuda | cuda:N | mps"
+
 
 def fail(message: str, code: int = 2):
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import app, fail, user_errors
+from .app import DEVICE_HELP, app, fail, user_errors
 
 
 @app.command()
@@ -20,7 +20,7 @@ def sample(
     label: Optional[int] = typer.Option(None, "--label", help="class to draw: a conditional model's, or any model's "
                                         "whose latent sampler was fitted per class (the default on labelled data)"),
     batch_size: int = typer.Option(500, "--batch-size"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     weights: str = typer.Option("best", "--weights", help="best: the epoch whose samples scored best in training "
                                 "(model-best.safetensors); last: the final weights (model.safetensors)"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="where z comes from: the run's fitted default "
@@ -39,7 +39,8 @@ def sample(
         images = draw(model, num, seed, labels, batch_size)
         export(images, labels, out,
                grid_columns=model.config.num_classes if labels is not None and label is None else None)
-    typer.echo(f"wrote {num} samples to {out} (z from the {model.sampler_kind} sampler)")
+    note = getattr(model, "sampler_note", None)
+    typer.echo(f"wrote {num} samples to {out} (z from the {model.sampler_kind} sampler{'; ' + note if note else ''})")
 
 
 @app.command("fit-sampler")
@@ -58,18 +59,21 @@ def fit_sampler_command(
                                              "where the data have labels: --label works for every model)"),
     weights: str = typer.Option("best", "--weights", help="best | last: the weights whose codes are fitted"),
     seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ):
     """Fit a latent sampler on a trained run's training codes (runs made before samplers too), its settings chosen
     on the validation images; `sample`, `evaluate` and the explorer then draw from it."""
-    from ..samplers import describe, fit_sampler
+    from ..samplers import describe, fit_sampler, refused_record
+    from ..samplers.base import refused_path, sampler_paths
 
     fitted = fit_sampler(run, sampler, weights=weights, components=components, spreads=spread,
-                         per_class=per_class, seed=seed)
+                         per_class=per_class, seed=seed, device=device)
+    if fitted is None:
+        fail(f"no {sampler} sampler kept: {refused_record(run, sampler, weights)['reason']}. The run samples from the "
+             f"prior; the candidates' measurements are in {refused_path(run, sampler, weights)}", code=1)
     chosen = fitted.settings["chosen"]
-    score = chosen["validation_fid"]
-    typer.echo(f"{sampler}: {describe(chosen)}"
-               + (f", validation FID {score:.2f}" if score is not None else ", no validation images to choose on")
-               + f"; saved {run / f'sampler-{sampler}.safetensors'} ({fitted.settings['fit_seconds']:.1f} s)")
+    typer.echo(f"{sampler}: {describe(chosen)}, validation FID {chosen['validation_fid']:.2f}"
+               + f"; saved {sampler_paths(run, sampler, weights)[0]} ({fitted.settings['fit_seconds']:.1f} s)")
 
 
 @app.command()
@@ -79,7 +83,7 @@ def reconstruct(
     num: int = typer.Option(16, "--num", "-n", help="number of test images"),
     out: Path = typer.Option(Path("reconstructions.png"), "--out", "-o", help=".png grid: originals above reconstructions"),
     images: Optional[Path] = typer.Option(None, "--images", help="a folder of your own images instead of the run's test split"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ):
     """Encode and decode test images (or your own) and save originals beside reconstructions."""
     from .. import load
@@ -96,8 +100,8 @@ def reconstruct(
         y = None
     else:
         x, labels = spaced_images(load_data(model.run_config.data).test, num)  # spread over the classes
-        y = labels.to(device) if model.is_conditional else None
-    recon = model.reconstruct(x.to(device), y).float().cpu()
+        y = labels.to(model.device) if model.is_conditional else None
+    recon = model.reconstruct(x.to(model.device), y).float().cpu()
     grid, per_row = originals_over_reconstructions(x, recon)
     save_grid(grid, out, nrow=per_row)
     mse = float((recon - x).pow(2).mean())

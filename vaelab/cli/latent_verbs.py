@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import app, fail, user_errors
+from .app import DEVICE_HELP, app, fail, user_errors
 
 
 @app.command()
@@ -18,8 +18,10 @@ def interpolate(
     end: str = typer.Option(..., "--to", help="an image file, a test-set index, or seed:N"),
     steps: int = typer.Option(10, "--steps"),
     spherical: bool = typer.Option(False, "--slerp", help="spherical instead of linear interpolation"),
+    label: Optional[int] = typer.Option(None, "--label", help="the class of seed:N ends (drawn from a per-class "
+                                        "sampler) and of a conditional model's decoder (default: the ends' own, else 0)"),
     out: Path = typer.Option(Path("interpolation.png"), "--out", "-o", help="grid PNG; a GIF is written beside it"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ):
     """Decode the path between two latents: a grid PNG and an animated GIF."""
     import torch
@@ -31,10 +33,10 @@ def interpolate(
 
     model = load(run, device=device)
     split = load_data(model.run_config.data).test if model.has_encoder else None
-    za, xa, ya = resolve_latent(model, start, split)
-    zb, xb, yb = resolve_latent(model, end, split)
-    label = ya if ya is not None else (0 if model.is_conditional else None)
-    frames = interp(model, za, zb, max(2, steps), spherical, label)
+    za, xa, ya = resolve_latent(model, start, split, label)
+    zb, xb, yb = resolve_latent(model, end, split, label)
+    decoded_as = ya if ya is not None else (0 if model.is_conditional else None)
+    frames = interp(model, za, zb, max(2, steps), spherical, decoded_as if model.is_conditional else None)
     row = list(frames)
     if xa is not None and xb is not None:  # the inputs at both ends, for comparison with the decoded end points
         row = [xa, *row, xb]
@@ -49,7 +51,7 @@ def interpolate(
 def attributes(
     run: Path = typer.Argument(..., help="run folder"),
     labels: Optional[str] = typer.Option(None, "--labels", help="CSV of attributes (folder datasets)"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ):
     """Store attribute vectors (mean latent with minus without) in the run folder, from the data's attributes or classes."""
     from .. import load
@@ -68,7 +70,7 @@ def edit(
     image: str = typer.Option(..., "--image", help="an image file or a test-set index"),
     attr: List[str] = typer.Option(..., "--attr", help="NAME=STRENGTH, e.g. --attr Smiling=+1.5 (repeatable)"),
     out: Path = typer.Option(Path("edited.png"), "--out", "-o", help="original | edited; a strength sweep beside it"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ):
     """Edit an image by latent arithmetic along attribute vectors, and write a strength sweep."""
     import torch
@@ -111,7 +113,7 @@ def anomaly(
     score: str = typer.Option("elbo", "--score", help="elbo (negative ELBO) | iwae (negative IWAE estimate)"),
     k: int = typer.Option(100, "--k", help="importance samples for --score iwae"),
     out: Path = typer.Option(Path("anomaly_scores.csv"), "--out", "-o", help="CSV of per-image scores; a histogram beside it"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ):
     """Score images by how unlikely the model finds them; with labels, report the ROC-AUC."""
     import torch
@@ -157,7 +159,7 @@ def latent_map(
     out: Path = typer.Option(Path("latent_map"), "--out", "-o", help="folder for manifold.png and scatter.png"),
     method: str = typer.Option("pca", "--method", help="pca | tsne, for latents of more than 2 dimensions"),
     label: Optional[int] = typer.Option(None, "--label", help="the class of the manifold grid (conditional models)"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ):
     """Draw the latent space: the decoded manifold for a 2-D latent and a scatter of test encodings by class."""
     from ..data import load_data
@@ -186,7 +188,7 @@ def explore(
     run: Path = typer.Argument(..., help="run folder"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind; 0.0.0.0 exposes it to your network"),
     port: int = typer.Option(7860, "--port"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ):
     """Open a web page to explore the latent space: sliders, interpolation, reconstruction, attributes."""
     try:

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import app, user_errors
+from .app import DEVICE_HELP, app, user_errors
 
 
 @app.command()
@@ -23,7 +23,7 @@ def evaluate(
     download: bool = typer.Option(False, "--download", help="allow downloading the Inception weights"),
     utility: bool = typer.Option(True, "--utility/--no-utility", help="classification accuracy score and augmentation gain"),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto; under torchrun one per process"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "; under torchrun one per process"),
     weights: str = typer.Option("best", "--weights", help="best (model-best.safetensors where the run has it) | last"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="the sample side with this latent sampler: prior | "
                                           "gmm | flow | two-stage (default: the run's fitted default, else the prior)"),
@@ -32,7 +32,8 @@ def evaluate(
 ):
     """Measure a run: likelihood (ELBO, IWAE, reconstruction, KL) and samples (FID/KID/IS, MMD, MS-SSIM, P/R, ...).
     Under torchrun the work is split across the processes, with the same result as one process."""
-    from ..evaluate import evaluate as run_evaluation, headline
+    from ..evaluate import evaluate as run_evaluation
+    from ..evaluation_report import headline
 
     result = run_evaluation(run, split=split, num_samples=num_samples, features=features, k=k, binarized=binarized,
                             inception_weights=inception_weights, download=download, utility=utility, seed=seed,

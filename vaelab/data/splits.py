@@ -49,6 +49,11 @@ class ImageSet:
             idx = self.rows[idx]
         return self.images[idx.to(self.images.device)]
 
+    def select(self, idx) -> "ImageSet":
+        """The split of images ``idx`` (k,) of this one, labels and attributes included (rows of the same shared
+        tensor where this split is: nothing is copied from a memory-mapped cache)."""
+        return _take(self, np.asarray(idx, dtype=np.int64))
+
 
 @dataclass
 class DataSplits:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 
 import torch
-from tqdm.auto import tqdm
-
+from ..progress import Phase
 from ..processes import is_main_process, map_chunks, stream_seed
 
 
@@ -43,14 +43,16 @@ def marginal_over_classes(model, x: torch.Tensor, k: int, classes: int) -> dict[
 
 @torch.no_grad()
 def likelihood_metrics(model, x, y: torch.Tensor | None = None, k: int = 1000, batch_size: int = 100,
-                       binarized: bool = False, seed: int = 0, progress: bool = True, limit: int | None = None) -> dict:
+                       binarized: bool = False, seed: int = 0, progress: bool = True, limit: int | None = None,
+                       what: str | None = None) -> dict:
     """ELBO, the importance-weighted bound with ``k`` samples, reconstruction error and KL over images ``x``.
 
     Under torchrun the batches are split across the processes and their sums gathered; every process returns
     the same result, equal to a one-process run (each batch's noise is seeded by its index).
 
     x: float (N, C, H, W) in [0, 1], or a split (``data.ImageSet``: uint8, read a batch at a time, its own labels;
-    ``limit`` caps the images, spread over it). Each batch is binarized or dequantised with its own seed. Log-
+    ``limit`` caps the images, spread over it). ``what``: the progress line's name (None: ``likelihood (K=k)``; the
+    lines are printed on the main process with or without ``progress``, which adds the bar). Each batch is binarized or dequantised with its own seed. Log-
     likelihoods are in nats per image and bits per dimension. Models whose reconstruction term is not a normalised
     likelihood (``has_likelihood`` False) get reconstruction and KL only.
     """
@@ -76,7 +78,7 @@ def likelihood_metrics(model, x, y: torch.Tensor | None = None, k: int = 1000, b
     classes = getattr(model.config, "num_classes", None) or 0
     start = time.perf_counter()
     count = math.ceil(n / batch_size)
-    bar = tqdm(total=count, desc=f"likelihood (K={k})", disable=not (progress and is_main_process()), unit="batch")
+    phase = (Phase(what or f"likelihood (K={k})", n, bar=progress) if is_main_process() else nullcontext())
 
     def batch_sums(i: int) -> dict[str, float]:  # seeded by batch: the same numbers on any number of processes
         xb = read(i * batch_size, (i + 1) * batch_size)
@@ -91,12 +93,12 @@ def likelihood_metrics(model, x, y: torch.Tensor | None = None, k: int = 1000, b
             sums["iwae"] = float(model.log_likelihood(xb, k, yb).sum())
         if yb is not None and model.has_likelihood:  # log p(x) = log sum_y p(y) p(x|y), p(y) uniform
             sums.update(marginal_over_classes(model, xb, k, classes))
-        bar.update(1)
+        if progress_line is not None:
+            progress_line.advance(len(xb))
         return sums
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), phase as progress_line:
         per_batch = map_chunks(batch_sums, count)  # on several processes: each its share, gathered
-    bar.close()
     totals = {key: sum(b.get(key, 0.0) for b in per_batch)
               for key in ("elbo", "nll", "kl", "mse", "iwae", "elbo_marginal", "iwae_marginal")}
     mean = {key: value / n for key, value in totals.items()}

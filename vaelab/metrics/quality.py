@@ -37,14 +37,15 @@ class SampleQuality:
     ``vaelab.samplers.proxy_mixture``), drawn from for a model with an encoder that carries no sampler of its own."""
 
     def __init__(self, data, data_cfg, n: int = 500, seed: int = 0, progress: bool = False, bf16: bool | None = None,
-                 sampler_proxy=None, device: str | torch.device = "cpu"):
+                 sampler_proxy=None, device: str | torch.device = "cpu", stream: str = "best_weights"):
         """``bf16``: the feature network in bf16 autocast (None: where the device runs bf16 natively). ``device``:
-        where the classifier trains and the features are computed (the run's)."""
+        where the classifier trains and the features are computed (the run's). ``stream``: the seed stream of the
+        latent draws (``processes.SEED_STREAMS``; the sampler fit draws from its own)."""
         from ..accel import cpu_has_fast_bf16
         from ..data import spaced_images
 
         self.device = torch.device(device)
-        self.seed, self.num_samples = seed, n
+        self.seed, self.num_samples, self.stream = seed, n, stream
         if bf16 is None:
             bf16 = (torch.cuda.is_bf16_supported() if self.device.type == "cuda" else
                     cpu_has_fast_bf16() if self.device.type == "cpu" else False)
@@ -64,16 +65,37 @@ class SampleQuality:
         # Spread over the split, whose order may follow the classes; a conditional model draws the reference's
         # classes (self.labels, cycled to n samples), so its samples are compared like with like
         self.n, self.real, self.labels = len(data.validation), None, None
+        self.validation = data.validation
         if self.n >= 2:
             real, self.labels = spaced_images(data.validation, n)
-            self.n, self.real = len(real), self._features(real)
+            self.n, self.real = len(real), self.embed(real)
         self.settings = {"metric": "fid", "feature_space": self.space, "reference": "validation",
-                         "reference_images": self.n, "samples": n, "seed": seed, "seed_stream": "best_weights",
+                         "reference_images": self.n, "samples": n, "seed": seed, "seed_stream": stream,
                          "features_bf16": self.bf16,
                          "sampler": getattr(sampler_proxy, "description", "the model's own (prior)")}
 
+    def unseen_reference(self) -> "SampleQuality | None":
+        """The same score against validation images its own reference does not hold (as many, spread over the rest),
+        for a check of a choice made with this one; None where the split has fewer than twice as many."""
+        import copy
+
+        from ..data import spaced_indices
+
+        total = len(self.validation)
+        if self.real is None or total < 2 * self.n:
+            return None
+        chosen = set(spaced_indices(total, self.n).tolist())
+        rest = torch.tensor([i for i in range(total) if i not in chosen])
+        other = copy.copy(self)
+        part = self.validation.select(rest[spaced_indices(len(rest), self.n)])
+        real = part.take(torch.arange(len(part))).float() / 255.0
+        other.real, other.labels = other.embed(real), part.labels
+        other.settings = {**self.settings, "reference": "validation images the choice was not made on"}
+        return other
+
     @torch.inference_mode()
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Features (n, F) float64 on the CPU of images x float (n, C, H, W) in [0, 1], in the score's space."""
         chunks = []
         with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext():
             for i in range(0, len(x), 500):
@@ -84,8 +106,11 @@ class SampleQuality:
     @torch.no_grad()
     def score(self, model, draw: int = 0, keep: list | None = None) -> float | None:
         """FID of the model's samples; ``draw`` picks the latent draws (0: the per-epoch score's). ``keep``: a list
-        the samples (float (n, C, H, W) on the CPU) are appended to, for a caller that measures them further."""
+        ``{"images": float (n, C, H, W) on the CPU, "features": (n, F)}`` is appended to, for a caller that measures
+        the samples further."""
         from ..processes import stream_seed
+        from ..progress import Phase
+        from ..work_size import is_costly
 
         if self.real is None:
             return None
@@ -98,11 +123,17 @@ class SampleQuality:
             y = None
             if model.is_conditional and self.labels is not None:
                 y = self.labels[torch.arange(self.num_samples) % len(self.labels)].to(model.device)
-            draws = torch.Generator().manual_seed(stream_seed("best_weights", self.seed, draw))
-            fake = model.sample(self.num_samples, y=y, generator=draws).float()
+            draws = torch.Generator().manual_seed(stream_seed(self.stream, self.seed, draw))
+            # a line where drawing them takes a while (a 128 px generator on a CPU: minutes), none each epoch else
+            with Phase(f"drawing {self.num_samples} samples to score", self.num_samples, bar=False) \
+                    if is_costly(model) else nullcontext() as phase:
+                fake = model.sample(self.num_samples, y=y, generator=draws).float()
+                if phase is not None:
+                    phase.advance(len(fake))
         finally:
             model.latent_sampler = own_sampler
             model.train(was_training)
+        features = self.embed(fake)
         if keep is not None:
-            keep.append(fake.cpu())
-        return sm.fid(self.real, self._features(fake))
+            keep.append({"images": fake.cpu(), "features": features})
+        return sm.fid(self.real, features)

@@ -167,9 +167,8 @@ class AVAEConfig:
     logvar_min: float = -30.0
     logvar_max: float = 20.0
     # DiffAugment policy on every image the discriminator sees, real and generated alike (vaelab/augment.py; ""
-    # off), the share of images transformed, and the training-split size below which it applies (None: any)
+    # off), and the training-split size below which it applies (None: any)
     augment: str = ""
-    augment_probability: float = 1.0
     augment_below_images: int | None = None
 
     def validate(self) -> None:
@@ -326,9 +325,8 @@ class BEGANStarConfig:
     discriminator_lr: float | None = None  # None: lr, as in the paper
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     # DiffAugment policy on every image the discriminator sees, real and generated alike (vaelab/augment.py; ""
-    # off), the share of images transformed, and the training-split size below which it applies (None: any)
+    # off), and the training-split size below which it applies (None: any)
     augment: str = ""
-    augment_probability: float = 1.0
     augment_below_images: int | None = None
 
     def validate(self) -> None:

@@ -42,9 +42,8 @@ class DCGANConfig:
     lr: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     # DiffAugment policy on every image the discriminator sees, real and generated alike (vaelab/augment.py; ""
-    # off), the share of images transformed, and the training-split size below which it applies (None: any)
+    # off), and the training-split size below which it applies (None: any)
     augment: str = ""
-    augment_probability: float = 1.0
     augment_below_images: int | None = None
 
     def validate(self) -> None:

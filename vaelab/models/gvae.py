@@ -50,9 +50,8 @@ class GVAEConfig:
     logvar_min: float = -30.0
     logvar_max: float = 20.0
     # DiffAugment policy on every image the critic sees, real and fake alike, the gradient penalty's interpolates
-    # included (vaelab/augment.py; "" off); augment_probability: the share of images transformed
+    # included (vaelab/augment.py; "" off)
     augment: str = ""
-    augment_probability: float = 1.0
     # augment only a training split of fewer images than this (decided when training starts, then written into
     # config.yaml as augment itself: vaelab/training/data_size.py); None: augment whatever the size
     augment_below_images: int | None = None

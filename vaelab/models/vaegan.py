@@ -42,11 +42,10 @@ class VAEGANConfig:
     logvar_max: float = 20.0
     # DiffAugment policy on every image the discriminator sees (vaelab/augment.py: color, translation, cutout;
     # comma-separated; "" off); a real image and its reconstruction get the same transform (their features are
-    # compared). augment_probability: the share of images transformed (1: DiffAugment). augment_target: set it
-    # (Karras et al. 2020: 0.6) to adapt that share instead, from 0, to hold the discriminator's mean sign on real
-    # images at the target (vaelab.augment.AdaptiveProbability; p can cross [0, 1] in augment_speed_images images)
+    # compared); every image is transformed (DiffAugment), unless augment_target is set (Karras et al. 2020: 0.6):
+    # then the share transformed adapts, from 0, to hold the discriminator's mean sign on real images at the target
+    # (vaelab.augment.AdaptiveProbability; p can cross [0, 1] in augment_speed_images images)
     augment: str = ""
-    augment_probability: float = 1.0
     augment_target: float | None = None
     augment_speed_images: int = 20_000
     # augment only a training split of fewer images than this (decided when training starts, then written into
@@ -106,7 +105,7 @@ class VAEGAN(GaussianLatentModel):
 
     @property
     def augment_probability(self) -> float:
-        return self.adaptive.p if self.adaptive is not None else self.config.augment_probability
+        return self.adaptive.p if self.adaptive is not None else 1.0
 
     def extra_state(self) -> dict:
         return {"augment": self.adaptive.state()} if self.adaptive is not None else {}

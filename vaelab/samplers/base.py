@@ -72,6 +72,11 @@ def sampler_paths(folder: Path, kind: str, weights: str = "best") -> tuple[Path,
     return folder / f"{stem}.safetensors", folder / f"{stem}.json"
 
 
+def refused_path(folder: Path, kind: str, weights: str = "best") -> Path:
+    """The record of a ``kind`` fit on the run's ``weights`` whose candidates the copy guard all refused."""
+    return folder / (f"sampler-{kind}-refused.json" if weights == "best" else f"sampler-{kind}-{weights}-refused.json")
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -129,6 +129,18 @@ def principal_subspace(x: np.ndarray, rank: int) -> dict[str, np.ndarray]:
     return {"center": center, "basis": basis.numpy(), "residual_scale": np.sqrt(residual.var(0).numpy() + 1e-8)}
 
 
+def _within_class_variance(x: np.ndarray, groups) -> np.ndarray:
+    """The spread (D,) a class with a single code gets around it: the codes' variance about their own class's mean,
+    pooled over the classes with two codes or more. The variance of all the codes would add the distances between
+    the classes, and `--label c` would draw other classes' codes. One group of codes: their variance; no two codes
+    of any class: the prior's (ones)."""
+    deviations = [x[idx] - x[idx].mean(0) for _, idx in groups if len(idx) >= 2]
+    if not deviations:
+        return np.ones(x.shape[1])
+    stacked = np.concatenate(deviations)
+    return (stacked**2).sum(0) / max(len(stacked) - len(deviations), 1) + 1e-5
+
+
 def fit_mixture(codes: torch.Tensor, components: int, labels: torch.Tensor | None = None,
                 class_names: list[str] | None = None, covariance: str = "full", spread: float = 1.0,
                 seed: int = 0, rank: int = PCA_RANK) -> MixtureSampler:
@@ -147,8 +159,7 @@ def fit_mixture(codes: torch.Tensor, components: int, labels: torch.Tensor | Non
         x = (x - projection["center"]) @ projection["basis"]
     groups = [(-1, np.arange(len(x)))] if labels is None else \
         [(int(c), np.flatnonzero(labels.cpu().numpy() == c)) for c in labels.unique().tolist()]
-    # a class with a single code gets one Gaussian there, with the spread of all the codes (the identity for one code)
-    pooled_var = x.var(0) + 1e-5 if len(x) >= 2 else np.ones(x.shape[1])
+    pooled_var = _within_class_variance(x, groups)
     em_form = "diag" if covariance == "diag" else "full"
     weights, means, factors, owners = [], [], [], []
     for c, idx in groups:

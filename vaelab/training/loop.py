@@ -4,7 +4,8 @@ The model owns its losses and the order of its updates (``training_step(batch, c
 ``training.updates``); this loop owns the rest: device and processes (``processes.join_processes``: one CPU, a GPU,
 or many processes under ``torchrun`` / ``accelerate launch``), speed and precision (``accel.prepare``), seeds,
 progress, logs, sample grids, atomic checkpoints and exact resume (``training.checkpoints``), NaN detection and
-rollback, the best-weights score, Ctrl-C and time budgets.
+rollback, the best-weights score, Ctrl-C and time budgets. What a run does after its last step is in
+``training.end_of_run``.
 """
 
 from __future__ import annotations
@@ -31,23 +32,10 @@ from .checkpoints import (Position, average_buffers, learning_rates_in_force, re
                           scale_learning_rates, training_state)
 from .data_size import describe_augmentation, describe_scaling, resolve_augmentation, scale_to_data_size
 from .lr_schedule import apply_lr_factor, lr_factor
-from .monitor import held_out_likelihood, monitor_likelihood, write_grids
+from .end_of_run import finish
+from .monitor import monitor_likelihood, write_grids
 from .updates import UpdateContext
 from .weight_average import WeightAverage
-
-CONFIRM_DRAWS = 3  # fresh latent draws that confirm the best-scored epoch against the last weights
-
-
-def best_confirmation(best_fids: list[float], last_fids: list[float]) -> dict:
-    """Whether the best-scored weights beat the last ones on the same fresh draws (paired FIDs, lower is better): by
-    more than one standard error of the paired gains."""
-    gains = [last - best for best, last in zip(best_fids, last_fids)]
-    mean = sum(gains) / len(gains)
-    error = (sum((g - mean) ** 2 for g in gains) / max(len(gains) - 1, 1)) ** 0.5 / len(gains) ** 0.5
-    return {"draws": len(gains), "best_fids": list(best_fids), "last_fids": list(last_fids),
-            "best_mean": sum(best_fids) / len(gains), "last_mean": sum(last_fids) / len(gains), "mean_gain": mean,
-            "standard_error": error, "confirmed": mean > error}
-
 
 class Trainer:
     def __init__(self, cfg: Config, out: str | Path, resume: bool = False, progress: bool = True,
@@ -159,13 +147,13 @@ class Trainer:
                           f"{t.rollback_lr_factor} (rollback {self.rollbacks} of at most {t.max_rollbacks})")
 
     def save_checkpoint(self) -> None:
-        self._sync_buffers()
+        self.sync_buffers()
         if self.is_main:
             state = training_state(self.model, self.optimizers, self.accel.scalers, self.pos, self.elapsed,
                                    self.average)
             self.run.save_checkpoint(state, self.pos.step, self.cfg.train.keep_checkpoints)
 
-    def _sync_buffers(self) -> None:
+    def sync_buffers(self) -> None:
         """BatchNorm statistics averaged over the processes, for the trained weights and the weight average."""
         average_buffers(self.model, self.world)
         if self.average is not None:
@@ -188,10 +176,12 @@ class Trainer:
             return self.model.training_step(batch, self.updates)
 
     def fit(self) -> dict:
-        stop = {"signal": False}
+        stop = {"signal": False, "finishing": False}
 
         def request_stop(signum, frame):
-            if stop["signal"]:  # a second Ctrl-C stops at once
+            # a second Ctrl-C stops at once; so does the first after the last step (the end-of-run work can take
+            # minutes, and the state it would have saved is saved before it starts)
+            if stop["signal"] or stop["finishing"]:
                 raise KeyboardInterrupt
             stop["signal"] = True
 
@@ -204,7 +194,13 @@ class Trainer:
                 handlers = {}
         status = "FAILED"
         try:
-            result = self._loop(stop)
+            try:
+                result = self._loop(stop)
+            except KeyboardInterrupt:
+                if not stop["finishing"]:
+                    raise
+                self.save_checkpoint()  # stopped in the end-of-run work: a resume redoes it from here
+                result = {"interrupted": True, "step": self.pos.step, "run": str(self.run.path)}
             status = "KILLED" if result.get("interrupted") else "FINISHED"  # an interrupted run resumes later
             return result
         finally:
@@ -299,6 +295,7 @@ class Trainer:
                 epoch_images, epoch_time = 0, 0.0
             else:
                 break
+        stop["finishing"] = True
         return self._finish(finished_reason)
 
     def _first_step(self, seconds: float) -> None:
@@ -314,14 +311,14 @@ class Trainer:
         if t.checkpoint_every_epochs and (e % t.checkpoint_every_epochs == 0 or e == t.epochs):
             self.save_checkpoint()
         else:
-            self._sync_buffers()
+            self.sync_buffers()
         row = {"event": "epoch", "step": self.pos.step, "epoch": e, "images_per_s": images_per_s,
                **{f"lr_{name}": lr for name, lr in self.epoch_lrs.items()}}
         metrics = monitor_likelihood(self.sampled_model, self.data.validation, t.eval_images, self.accel, t.seed)
         if metrics:
             row.update(metrics)
         if t.track_best and self.is_main and (e % t.best_every_epochs == 0 or e == t.epochs):
-            row.update(self._optional("the best-weights score", self._track_best) or {})
+            row.update(self.optional("the best-weights score", self.track_best) or {})
         self.log(row)
         if self.is_main and self.progress:
             shown = ""
@@ -332,9 +329,9 @@ class Trainer:
                 shown += f"  sample FID {row['sample_fid']:.1f}" + (" (best)" if row.get("best") else "")
             print(f"epoch {e}/{t.epochs}  step {self.pos.step}  {images_per_s:.0f} img/s{shown}", flush=True)
         if t.sample_every_epochs and (e % t.sample_every_epochs == 0 or e == t.epochs):
-            self._optional("the sample grids", lambda: self._write_grids(f"epoch-{e:04d}"))
+            self.optional("the sample grids", lambda: self.write_grids_at(f"epoch-{e:04d}"))
 
-    def _write_grids(self, tag: str) -> None:
+    def write_grids_at(self, tag: str) -> None:
         n = self.cfg.train.num_sample_images
         if self.is_main and n > 0:
             write_grids(self.sampled_model, self.data.validation, self.run.samples_dir, tag, n, self.cfg.train.seed,
@@ -342,7 +339,7 @@ class Trainer:
             if self.trackers is not None:
                 self.trackers.log_images(sorted(self.run.samples_dir.glob(f"{tag}-*.png")), self.pos.step)
 
-    def _optional(self, what: str, work):
+    def optional(self, what: str, work):
         """Run optional end-of-epoch work; a failure warns (naming it) and training goes on. Returns its result."""
         try:
             return work()
@@ -352,7 +349,7 @@ class Trainer:
             self.log({"event": "warning", "step": self.pos.step, "epoch": self.pos.epoch, "message": message})
             return None
 
-    def _track_best(self) -> dict:
+    def track_best(self) -> dict:
         """Score this epoch's samples; keep the weights as model-best.safetensors when they beat the best so far."""
         with torch.random.fork_rng(devices=[]):  # the classifier's training reseeds; resume must stay exact
             return self._score_and_keep()
@@ -382,111 +379,8 @@ class Trainer:
                                                          "step": self.pos.step, **self.quality.settings})
         return {"sample_fid": score, "best": improved}
 
-    def _confirm_best(self) -> dict | None:
-        """Keep the best-scored epoch's weights only where fresh draws confirm them against the last weights.
-
-        The kept epoch is the minimum of many noisy scores (one draw each; on a small folder against a few dozen
-        validation images), so its own score flatters it. Both weights are scored again on ``CONFIRM_DRAWS`` draws
-        neither was chosen on; the best stay only if they beat the last weights by more than one standard error of
-        the paired differences, else model-best.* is removed and the run keeps its last weights (and says so)."""
-        best = self.run.best_info()
-        if best is None or self.quality is None or best.get("step") == self.pos.step:
-            return None
-        with torch.random.fork_rng(devices=[]):
-            kept = build_model(self.cfg.model).to(self.device)
-            kept.load_state_dict(self.run.load_weights(self.run.best_weights_path))
-            last = self.sampled_model
-            proxy = self.quality.sampler_proxy
-            if proxy is not None:  # fitted once per weights (deterministic), not once per draw
-                kept.latent_sampler, last.latent_sampler = proxy(kept), proxy(last)
-            draws = range(1, CONFIRM_DRAWS + 1)
-            try:
-                best_scores = [self.quality.score(kept, draw=d) for d in draws]
-                last_scores = [self.quality.score(last, draw=d) for d in draws]
-            finally:
-                last.latent_sampler = None
-        check = best_confirmation(best_scores, last_scores)
-        if check["confirmed"]:
-            atomic_write_text(self.run.best_info_path, json.dumps({**best, "confirmation": check}, indent=2) + "\n")
-            return {"kept": "best", "epoch": best["epoch"], **check}
-        self.run.best_weights_path.unlink(missing_ok=True)
-        self.run.best_info_path.unlink(missing_ok=True)
-        message = (f"kept the last weights (model.safetensors): the best-scored epoch {best['epoch']} did not beat them "
-                   f"on {check['draws']} fresh draws (validation FID {check['best_mean']:.2f} against "
-                   f"{check['last_mean']:.2f}, standard error of the gain {check['standard_error']:.2f})")
-        if self.progress:
-            print(message, flush=True)
-        self.log({"event": "best_weights", "step": self.pos.step, "message": message})
-        return {"kept": "last", "epoch_scored_best": best["epoch"], **check}
-
-    def _fit_sampler(self):
-        """Fit the run's default latent sampler on its best weights (vaelab.samplers.fit_sampler), choosing its
-        settings on the validation images, and save it in the run folder."""
-        from ..samplers import describe, fit_sampler
-
-        with torch.random.fork_rng(devices=[]):
-            if self.progress:
-                print(f"fitting the {self.cfg.train.sampler} latent sampler on the training codes "
-                      f"(settings chosen on the validation images)", flush=True)
-            sampler = fit_sampler(self.run.path, self.cfg.train.sampler, seed=self.cfg.train.seed,
-                                  progress=self.progress, device=self.device)
-            if self.progress:
-                chosen = sampler.settings["chosen"]
-                score = chosen["validation_fid"]
-                why = (f"validation FID {score:.2f}" if score is not None else
-                       "no validation images to choose on: the smallest candidate")
-                print(f"sampler: {sampler.kind}, {describe(chosen)}: {why} "
-                      f"(sampler-{sampler.kind}.safetensors)", flush=True)
-        return sampler
-
     def _finish(self, reason: str) -> dict:
-        scored = {}
-        if reason != "epochs":  # stopped inside an epoch: keep its state and its grids
-            self.save_checkpoint()
-            self._optional("the sample grids", lambda: self._write_grids(f"step-{self.pos.step:08d}"))
-            if reason in ("max_steps", "time_budget") and self.cfg.train.track_best and self.is_main:
-                # the weights a budget stopped at are a candidate too: without this a run stopped by --time-budget
-                # would keep the last finished epoch's choice and never weigh the training after it
-                scored = self._optional("the best-weights score", self._track_best) or {}
-        summary = {
-            "model": self.model.registry_name,
-            "data": self.data.description,
-            "stopped_by": reason,
-            "steps": self.pos.step,
-            "epochs_done": self.pos.epoch,
-            "train_seconds": self.elapsed,
-            "images_per_s": self.pos.step * self.cfg.train.batch_size * self.world / max(self.elapsed, 1e-9),
-            "precision": self.precision,
-            "device": str(self.device),
-            "processes": self.world,
-        }
-        self._sync_buffers()
-        likelihood = held_out_likelihood(self.sampled_model, self.data.test, self.cfg.train.seed)
-        if likelihood:
-            summary["likelihood"] = likelihood
-        if self.is_main:
-            self.run.save_weights(self.sampled_model)
-            if self.cfg.train.track_best and self.cfg.train.confirm_best:
-                confirmed = self._optional("confirming the best weights", self._confirm_best)
-                if confirmed is not None:
-                    summary["best_weights"] = confirmed
-            if self.model.has_encoder and self.cfg.train.sampler != "prior":  # on the weights just saved
-                fitted = self._optional("fitting the latent sampler", self._fit_sampler)
-                if fitted is not None:
-                    summary["sampler"] = {"kind": fitted.kind, **fitted.settings["chosen"]}
-            atomic_write_text(self.run.summary_path, json.dumps(summary, indent=2) + "\n")
-            from ..plots import plot_training_curves
-
-            self._optional("the training curves", lambda: plot_training_curves(self.run.read_metrics(),
-                                                                             self.run.path / "curves.png"))
-            numbers = {**summary, **(likelihood or {}), **scored}
-            self.log({"event": "end", "step": self.pos.step,
-                      **{k: v for k, v in numbers.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
-            if self.trackers is not None:  # the run's files, beside the numbers
-                files = [self.run.best_weights_path if self.run.best_weights_path.is_file() else self.run.weights_path,
-                         self.run.config_path, self.run.summary_path, *sorted(self.run.path.glob("sampler-*"))]
-                self.trackers.log_files(files, "run")
-        return summary
+        return finish(self, reason)
 
 
 def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True,

@@ -38,21 +38,27 @@ def monitor_likelihood(model, validation: ImageSet, limit: int, prepared: Prepar
 
 # test images the end-of-run likelihood reads at most (spread over the split; `vaelab evaluate` reads them all): on a
 # 60,000-image folder 10,000 took 82 s of the run's end on 2 cores, and the mean ELBO of 2,000 has a standard error
-# of a few nats
+# of a few nats. On a CPU a costly model reads fewer, down to the floor (vaelab.work_size)
 END_OF_RUN_LIKELIHOOD_IMAGES = 2_000
+END_OF_RUN_LIKELIHOOD_FLOOR = 250
 
 
-def held_out_likelihood(model, test: ImageSet, seed: int, limit: int = END_OF_RUN_LIKELIHOOD_IMAGES) -> dict | None:
+def held_out_likelihood(model, test: ImageSet, seed: int, limit: int | None = None) -> dict | None:
     """The evaluation's likelihood numbers (``metrics.likelihood.likelihood_metrics``, fp32, K = 0) on up to
-    ``limit`` test images spread over the split (stated in its settings), read a batch at a time: the same names and
+    ``limit`` test images spread over the split (None: ``END_OF_RUN_LIKELIHOOD_IMAGES``, fewer for a costly model
+    on a CPU; the count is in its settings), read a batch at a time, with a progress line: the same names and
     definitions as ``vaelab evaluate``'s eval/metrics.json."""
     if not model.has_encoder:
         return None
     from ..metrics.likelihood import likelihood_metrics
+    from ..work_size import afforded
 
+    if limit is None:
+        limit = afforded(END_OF_RUN_LIKELIHOOD_IMAGES, model, END_OF_RUN_LIKELIHOOD_FLOOR)
     try:
         with torch.random.fork_rng(devices=[]):
-            return likelihood_metrics(model, test, k=0, seed=seed, progress=False, limit=limit)
+            return likelihood_metrics(model, test, k=0, seed=seed, progress=False, limit=limit,
+                                      what="the held-out likelihood of the test images")
     finally:
         model.train()
 
