@@ -59,8 +59,8 @@ class CopyGuard:
         x_val, y_val = spaced_images(validation, REFERENCE_IMAGES)
         self.settings["reference_images"] = len(x_val)
         x_rec = reconstruct_all(model, x_val, y_val, across_processes=False)  # the main process alone
-        self.reference_pixels = sm.nearest_neighbour_distances(torch.cat([x_val, x_rec]), self._pixels)
-        self.reference_pixels = dict(zip(("validation", "reconstructions"), self.reference_pixels.split(len(x_val))))
+        distances = sm.nearest_neighbour_distances(torch.cat([x_val, x_rec]), self._pixels)  # one pass for both
+        self.reference_pixels = dict(zip(("validation", "reconstructions"), distances.split(len(x_val))))
         self.train_features = None
         if features is not None:  # one pass over the training images: their features, kept (N, F)
             with Phase("measuring the training images' features for the copy guard", total=len(rows),
